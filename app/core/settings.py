@@ -1,0 +1,239 @@
+"""One settings module for every environment: development, production and test differ only by env.
+
+Every value comes from an environment variable (12-factor). A missing or malformed variable stops
+start-up with an error that names it. Variables are documented in `.env.example` and
+`.env.prod.example`.
+"""
+
+from pathlib import Path
+
+from django.core.exceptions import ImproperlyConfigured
+from environs import Env, EnvError
+
+BASE_DIR = Path(__file__).resolve().parent.parent  # app/
+REPO_DIR = BASE_DIR.parent
+
+env = Env(expand_vars=True)
+
+
+def _fail(variable: str, reason: str) -> None:
+    raise ImproperlyConfigured(f"{variable}: {reason}")
+
+
+try:
+    DJANGO_ENV = env.str(
+        "DJANGO_ENV", "development", validate=lambda v: v in {"development", "production", "test"}
+    )
+    PRODUCTION = DJANGO_ENV == "production"
+    DEBUG = env.bool("DEBUG", default=not PRODUCTION)
+    SECRET_KEY = env.str("SECRET_KEY", "" if PRODUCTION else "insecure-development-key")
+    ALLOWED_HOSTS = env.list("ALLOWED_HOSTS", [] if PRODUCTION else ["localhost", "127.0.0.1"])
+    CSRF_TRUSTED_ORIGINS = env.list("CSRF_TRUSTED_ORIGINS", [])
+
+    DATABASES = {"default": env.dj_db_url("DATABASE_URL")}
+    # Transaction pooling (PgBouncer) cannot keep WITH HOLD cursors across transactions.
+    DATABASE_BEHIND_PGBOUNCER = env.bool("DATABASE_BEHIND_PGBOUNCER", True)
+    # Per-process psycopg pool size; 0 disables the pool (Celery prefork workers, see celery#10554).
+    DATABASE_POOL_MAX_SIZE = env.int("DATABASE_POOL_MAX_SIZE", 4, validate=lambda v: v >= 0)
+    DATABASE_POOL_TIMEOUT = env.float("DATABASE_POOL_TIMEOUT", 10.0)
+    DATABASE_CONNECT_TIMEOUT = env.int("DATABASE_CONNECT_TIMEOUT", 5)
+    DATABASE_CONN_MAX_AGE = env.int("DATABASE_CONN_MAX_AGE", 0)
+
+    CACHE_URL = env.str("CACHE_URL")
+    CELERY_BROKER_URL = env.str("CELERY_BROKER_URL")
+    CELERY_RESULT_BACKEND = env.str("CELERY_RESULT_BACKEND", CELERY_BROKER_URL)
+
+    STATIC_ROOT = env.path("STATIC_ROOT", REPO_DIR / "assets" / "staticfiles")
+    MEDIA_ROOT = env.path("MEDIA_ROOT", REPO_DIR / "assets" / "media")
+    UPLOAD_MAX_MB = env.int("UPLOAD_MAX_MB", 200, validate=lambda v: 1 <= v <= 4096)
+
+    DIAGNOSTICS_TOKEN = env.str("DIAGNOSTICS_TOKEN", "")
+
+    SECURE_SSL_REDIRECT = env.bool("SECURE_SSL_REDIRECT", PRODUCTION)
+    SECURE_HSTS_SECONDS = env.int("SECURE_HSTS_SECONDS", 63072000 if PRODUCTION else 0)
+
+    CELERY_WORKER_CONCURRENCY = env.int("CELERY_WORKER_CONCURRENCY", None)
+    CELERY_WORKER_MAX_TASKS_PER_CHILD = env.int("CELERY_MAX_TASKS_PER_CHILD", 100)
+    CELERY_WORKER_MAX_MEMORY_PER_CHILD = env.int("CELERY_MAX_MEMORY_PER_CHILD_KB", 512_000)
+    CELERY_TASK_SOFT_TIME_LIMIT = env.int("CELERY_TASK_SOFT_TIME_LIMIT", 600)
+    CELERY_TASK_TIME_LIMIT = env.int("CELERY_TASK_TIME_LIMIT", 660)
+
+    EMAIL_URL = env.str("EMAIL_URL", "console://" if not PRODUCTION else "smtp://localhost:25")
+    DEFAULT_FROM_EMAIL = env.str("DEFAULT_FROM_EMAIL", "noreply@localhost")
+    LOG_LEVEL = env.log_level("LOG_LEVEL", "INFO")
+except EnvError as exc:
+    raise ImproperlyConfigured(f"Environment: {exc}") from exc
+
+if PRODUCTION:
+    if DEBUG:
+        _fail("DEBUG", "must be off when DJANGO_ENV=production")
+    if len(SECRET_KEY) < 50 or len(set(SECRET_KEY)) < 5 or SECRET_KEY.startswith("django-insecure"):
+        _fail("SECRET_KEY", "must be a random string of at least 50 characters in production")
+    if not ALLOWED_HOSTS:
+        _fail("ALLOWED_HOSTS", "must list the site's host names in production")
+if CELERY_TASK_SOFT_TIME_LIMIT >= CELERY_TASK_TIME_LIMIT:
+    _fail("CELERY_TASK_SOFT_TIME_LIMIT", "must be lower than CELERY_TASK_TIME_LIMIT")
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "django_celery_beat",
+    "core",
+    "health",
+]
+
+MIDDLEWARE = [
+    "health.middleware.HealthCheckMiddleware",
+    "django.middleware.security.SecurityMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "django.middleware.csp.ContentSecurityPolicyMiddleware",
+]
+
+ROOT_URLCONF = "core.urls"
+ASGI_APPLICATION = "core.asgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+# Database: the app talks to PgBouncer (transaction mode); see docs in README "Database connections".
+_db = DATABASES["default"]
+_db["CONN_MAX_AGE"] = DATABASE_CONN_MAX_AGE
+_db["CONN_HEALTH_CHECKS"] = DATABASE_CONN_MAX_AGE > 0
+_db["DISABLE_SERVER_SIDE_CURSORS"] = DATABASE_BEHIND_PGBOUNCER
+_db.setdefault("OPTIONS", {})
+_db["OPTIONS"]["connect_timeout"] = DATABASE_CONNECT_TIMEOUT
+_db["OPTIONS"]["application_name"] = env.str("DATABASE_APPLICATION_NAME", "django")
+if DATABASE_POOL_MAX_SIZE:
+    if DATABASE_CONN_MAX_AGE:
+        _fail("DATABASE_CONN_MAX_AGE", "must be 0 when DATABASE_POOL_MAX_SIZE enables the pool")
+    _db["OPTIONS"]["pool"] = {
+        "min_size": 1,
+        "max_size": DATABASE_POOL_MAX_SIZE,
+        "timeout": DATABASE_POOL_TIMEOUT,
+        # Recycle server connections before PgBouncer's server_idle_timeout would.
+        "max_idle": 300,
+        "max_lifetime": 1800,
+    }
+_db["TEST"] = {"NAME": env.str("DATABASE_TEST_NAME", f"test_{_db['NAME']}")}
+
+CACHES = {
+    "default": {
+        "BACKEND": "django.core.cache.backends.redis.RedisCache",
+        "LOCATION": CACHE_URL,
+        "KEY_PREFIX": "core",
+        "TIMEOUT": 300,
+        "OPTIONS": {"socket_connect_timeout": 1.0, "socket_timeout": 1.0},
+    }
+}
+
+SESSION_ENGINE = "django.contrib.sessions.backends.cached_db"
+
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+    {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
+]
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = True
+USE_TZ = True
+
+STATIC_URL = "/static/"
+MEDIA_URL = "/media/"
+STORAGES = {
+    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    "staticfiles": {
+        "BACKEND": "django.contrib.staticfiles.storage.ManifestStaticFilesStorage"
+        if PRODUCTION
+        else "django.contrib.staticfiles.storage.StaticFilesStorage"
+    },
+}
+FILE_UPLOAD_MAX_MEMORY_SIZE = 2_621_440
+FILE_UPLOAD_PERMISSIONS = 0o640
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+# Security. nginx terminates TLS and overwrites X-Forwarded-Proto, so trusting it is safe.
+SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+SECURE_HSTS_INCLUDE_SUBDOMAINS = True
+SECURE_HSTS_PRELOAD = SECURE_HSTS_SECONDS > 0
+SECURE_CONTENT_TYPE_NOSNIFF = True
+SECURE_REFERRER_POLICY = "same-origin"
+SECURE_CROSS_ORIGIN_OPENER_POLICY = "same-origin"
+SECURE_CSP = {
+    "default-src": ["'self'"],
+    "img-src": ["'self'", "data:"],
+    "object-src": ["'none'"],
+    "frame-ancestors": ["'none'"],
+    "base-uri": ["'self'"],
+}
+SESSION_COOKIE_SECURE = PRODUCTION
+CSRF_COOKIE_SECURE = PRODUCTION
+SESSION_COOKIE_HTTPONLY = True
+X_FRAME_OPTIONS = "DENY"
+
+# Email: EMAIL_URL such as smtp+tls://user:pass@host:587 or console://
+vars().update(env.dj_email_url("EMAIL_URL", EMAIL_URL))
+SERVER_EMAIL = DEFAULT_FROM_EMAIL
+
+# Celery. Tasks are idempotent, acknowledged after they finish and fetched one at a time.
+CELERY_TASK_ACKS_LATE = True
+CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+CELERY_TASK_REJECT_ON_WORKER_LOST = False  # a task that kills its worker must not loop forever
+CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+CELERY_BROKER_CONNECTION_MAX_RETRIES = 10
+# Redis redelivers unacknowledged tasks after the visibility timeout: keep it above the hard limit.
+CELERY_BROKER_TRANSPORT_OPTIONS = {
+    "visibility_timeout": CELERY_TASK_TIME_LIMIT * 2 + 600,
+    "socket_connect_timeout": 2,
+    "socket_timeout": 10,
+    "health_check_interval": 25,
+}
+CELERY_RESULT_BACKEND_TRANSPORT_OPTIONS = {"visibility_timeout": CELERY_TASK_TIME_LIMIT * 2 + 600}
+CELERY_RESULT_EXPIRES = 24 * 3600
+CELERY_TASK_SERIALIZER = "json"
+CELERY_RESULT_SERIALIZER = "json"
+CELERY_ACCEPT_CONTENT = ["json"]
+CELERY_WORKER_SEND_TASK_EVENTS = True
+CELERY_TASK_SEND_SENT_EVENT = True
+CELERY_TASK_TRACK_STARTED = True
+CELERY_WORKER_HIJACK_ROOT_LOGGER = False
+CELERY_WORKER_SOFT_SHUTDOWN_TIMEOUT = env.float("CELERY_WORKER_SOFT_SHUTDOWN_TIMEOUT", 10.0)
+CELERY_WORKER_ENABLE_SOFT_SHUTDOWN_ON_IDLE = True
+CELERY_BEAT_SCHEDULER = "health.beat:HeartbeatDatabaseScheduler"
+CELERY_BEAT_MAX_LOOP_INTERVAL = 5
+CELERY_TIMEZONE = TIME_ZONE
+
+# Logs go to stdout/stderr; the process manager (supervisord or Docker) collects them.
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {
+        "plain": {"format": "%(asctime)s %(levelname)s %(name)s %(process)d %(message)s"},
+    },
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "root": {"handlers": ["console"], "level": LOG_LEVEL},
+    "loggers": {"django.db.backends": {"level": "INFO"}},
+}

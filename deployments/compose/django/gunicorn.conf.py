@@ -1,0 +1,23 @@
+"""Gunicorn settings for the production web process; every knob comes from the environment."""
+
+import os
+
+bind = f"{os.environ.get('WEB_BIND', '0.0.0.0')}:{os.environ.get('WEB_PORT', '8000')}"  # noqa: S104
+worker_class = "core.uvicorn_worker.DjangoUvicornWorker"
+# Set explicitly: inside a container the CPU count is the host's.
+workers = int(os.environ.get("WEB_CONCURRENCY", "4"))
+timeout = int(os.environ.get("GUNICORN_TIMEOUT", "120"))
+# Stays below the orchestrator's stop grace period (compose stop_grace_period, supervisor stopwaitsecs).
+graceful_timeout = int(os.environ.get("GUNICORN_GRACEFUL_TIMEOUT", "25"))
+# Above nginx's upstream keepalive_timeout, so nginx closes idle connections first.
+keepalive = 75
+max_requests = int(os.environ.get("GUNICORN_MAX_REQUESTS", "2000"))
+max_requests_jitter = max_requests // 10
+# Only the proxy may set X-Forwarded-For / X-Forwarded-Proto.
+forwarded_allow_ips = os.environ.get("FORWARDED_ALLOW_IPS", "127.0.0.1")
+worker_tmp_dir = "/dev/shm"  # noqa: S108 - heartbeat files in memory, never on a slow disk
+control_socket_disable = True
+accesslog = "-"
+errorlog = "-"
+loglevel = os.environ.get("LOG_LEVEL", "info").lower()
+access_log_format = '%(h)s "%(r)s" %(s)s %(b)s %(M)sms rid=%({x-request-id}i)s'

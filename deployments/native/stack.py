@@ -1,0 +1,513 @@
+"""Native runner: the compose services as local processes, supervised by supervisord.
+
+Every service runs the same start script (and config template) as its container, from
+deployments/compose/<service>/, and is judged healthy by the same healthcheck script.
+
+    stack.py up | down | ps | logs [SERVICE] | run -- COMMAND... | env
+
+State (database cluster, Redis data, certificates, logs, generated secrets) lives under STACK_DIR
+(default: var/ in the checkout).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import os
+import pwd
+import secrets
+import shlex
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from dotenv import dotenv_values
+
+REPO_DIR = Path(__file__).resolve().parents[2]
+COMPOSE_DIR = REPO_DIR / "deployments" / "compose"
+DEFAULTS_FILE = Path(__file__).resolve().parent / "defaults.env"
+GENERATED_SECRETS = (
+    "SECRET_KEY",
+    "POSTGRES_PASSWORD",
+    "PGBOUNCER_ADMIN_PASSWORD",
+    "FLOWER_PASSWORD",
+    "DIAGNOSTICS_TOKEN",
+)
+LOOPBACK = {"127.0.0.1", "localhost", "::1"}
+
+
+class StackError(Exception):
+    """A failure the user can act on; printed without a traceback."""
+
+
+@dataclass(frozen=True)
+class Service:
+    name: str
+    command: tuple[str, ...]
+    healthcheck: tuple[str, ...]
+    ports: tuple[str, ...] = ()  # env variables naming the ports it listens on
+    as_postgres: bool = False  # initdb/postgres/pgbouncer refuse to run as root
+    stop_signal: str = "TERM"
+    stop_wait: int = 30
+    start_timeout: int = 60
+
+
+def _script(*parts: str) -> str:
+    return str(COMPOSE_DIR.joinpath(*parts))
+
+
+ENTRYPOINT = _script("django", "entrypoint")
+SERVICES = (
+    Service(
+        "postgres",
+        (_script("postgres", "start"),),
+        (_script("postgres", "healthcheck"),),
+        ports=("POSTGRES_PORT",),
+        as_postgres=True,
+        stop_signal="INT",  # fast shutdown
+    ),
+    Service(
+        "pgbouncer",
+        (_script("pgbouncer", "start"),),
+        (_script("pgbouncer", "healthcheck"),),
+        ports=("PGBOUNCER_PORT",),
+        as_postgres=True,
+        stop_signal="INT",  # SIGTERM waits for every client to leave (PgBouncer >= 1.23)
+        stop_wait=10,
+    ),
+    Service(
+        "redis_broker",
+        (_script("redis", "start"), "broker"),
+        (_script("redis", "healthcheck"), "broker"),
+        ports=("REDIS_BROKER_PORT",),
+    ),
+    Service(
+        "redis_cache",
+        (_script("redis", "start"), "cache"),
+        (_script("redis", "healthcheck"), "cache"),
+        ports=("REDIS_CACHE_PORT",),
+    ),
+    Service(
+        "web",
+        (ENTRYPOINT, _script("django", "start")),
+        (_script("django", "healthcheck"),),
+        ports=("WEB_PORT",),
+        stop_wait=35,
+        start_timeout=180,
+    ),
+    Service(
+        "celery_worker",
+        (ENTRYPOINT, _script("django", "celery", "worker", "start")),
+        (_script("django", "celery", "worker", "healthcheck"),),
+        stop_wait=60,
+        start_timeout=120,
+    ),
+    Service(
+        "celery_beat",
+        (ENTRYPOINT, _script("django", "celery", "beat", "start")),
+        (_script("django", "celery", "beat", "healthcheck"),),
+        start_timeout=120,
+    ),
+    Service(
+        "flower",
+        (ENTRYPOINT, _script("django", "celery", "flower", "start")),
+        (_script("django", "celery", "flower", "healthcheck"),),
+        ports=("FLOWER_PORT",),
+        start_timeout=120,
+    ),
+    Service(
+        "nginx",
+        (_script("nginx", "start"),),
+        (_script("nginx", "healthcheck"),),
+        ports=("NGINX_HTTP_PORT", "NGINX_HTTPS_PORT"),
+        stop_signal="QUIT",  # graceful
+    ),
+)
+
+
+# --- environment ---------------------------------------------------------------------------
+
+
+def stack_dir() -> Path:
+    return Path(os.environ.get("STACK_DIR", REPO_DIR / "var")).resolve()
+
+
+def _ensure_secrets(path: Path) -> None:
+    """Generate the local stack's secrets once; they stay in STACK_DIR (never committed)."""
+    existing = dotenv_values(path) if path.exists() else {}
+    missing = [name for name in GENERATED_SECRETS if not existing.get(name)]
+    if not missing:
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a", encoding="utf-8") as out:
+        for name in missing:
+            out.write(f"{name}={secrets.token_urlsafe(48 if name == 'SECRET_KEY' else 24)}\n")
+    path.chmod(0o600)
+
+
+def load_env() -> dict[str, str]:
+    """The stack's environment: shell > .env > STACK_DIR/secrets.env > defaults.env.
+
+    Earlier sources win; later files may refer to earlier values as ${NAME}.
+    """
+    state = stack_dir()
+    env = dict(os.environ)
+    env.setdefault("REPO_DIR", str(REPO_DIR))
+    env["STACK_DIR"] = str(state)
+    secrets_file = state / "secrets.env"
+    _ensure_secrets(secrets_file)
+    user_file = REPO_DIR / ".env"
+    user_set = set(env)
+    for path in (user_file, secrets_file, DEFAULTS_FILE):
+        if not path.exists():
+            continue
+        saved = os.environ.copy()
+        try:
+            os.environ.clear()
+            os.environ.update(env)  # python-dotenv interpolates ${NAME} from os.environ
+            values = dotenv_values(path, interpolate=True)
+        finally:
+            os.environ.clear()
+            os.environ.update(saved)
+        for key, value in values.items():
+            if value is not None:
+                env.setdefault(key, value)
+        if path == user_file:
+            user_set |= set(values)
+    env["PATH"] = os.pathsep.join([str(REPO_DIR / ".venv" / "bin"), _postgres_bindir(), env["PATH"]])
+    env["STACK_EXTERNAL_DATABASE"] = "1" if "DATABASE_URL" in user_set else ""
+    return env
+
+
+def _postgres_bindir() -> str:
+    candidates = sorted(
+        Path("/usr/lib/postgresql").glob("*/bin"), key=lambda p: int(p.parent.name), reverse=True
+    )
+    return str(candidates[0]) if candidates else ""
+
+
+def services_for(env: dict[str, str]) -> list[Service]:
+    """Skip the local database when the settings point at an external one."""
+    skip = set()
+    if env.get("STACK_EXTERNAL_DATABASE"):
+        skip |= {"postgres", "pgbouncer"}
+    elif env.get("POSTGRES_HOST", "127.0.0.1") not in LOOPBACK:
+        skip.add("postgres")
+    return [s for s in SERVICES if s.name not in skip]
+
+
+# --- supervisord ---------------------------------------------------------------------------
+
+
+def _paths(env: dict[str, str]) -> dict[str, Path]:
+    state = Path(env["STACK_DIR"])
+    return {
+        "state": state,
+        "log": state / "log",
+        "run": state / "run",
+        "conf": state / "supervisord.conf",
+        "pid": state / "run" / "supervisord.pid",
+        "sock": state / "run" / "supervisor.sock",
+        "envhash": state / "run" / "env.sha256",
+    }
+
+
+def _is_root() -> bool:
+    return os.geteuid() == 0
+
+
+def render_supervisord_conf(env: dict[str, str], services: list[Service]) -> str:
+    p = _paths(env)
+    lines = [
+        "; Generated by deployments/native/stack.py; edit that file, not this one.",
+        "[unix_http_server]",
+        f"file={p['sock']}",
+        "chmod=0700",
+        "[supervisord]",
+        f"logfile={p['log'] / 'supervisord.log'}",
+        f"pidfile={p['pid']}",
+        f"childlogdir={p['log']}",
+        f"directory={REPO_DIR}",
+        "logfile_maxbytes=10MB",
+        "[rpcinterface:supervisor]",
+        "supervisor.rpcinterface_factory = supervisor.rpcinterface:make_main_rpcinterface",
+        "[supervisorctl]",
+        f"serverurl=unix://{p['sock']}",
+    ]
+    for priority, service in enumerate(services, start=1):
+        command = " ".join(shlex.quote(part) for part in service.command).replace("%", "%%")
+        lines += [
+            f"[program:{service.name}]",
+            f"command={command}",
+            f"directory={env['APP_DIR']}",
+            f"priority={priority * 10}",
+            "autostart=true",
+            "autorestart=true",
+            "startsecs=1",
+            "startretries=10",
+            f"stopsignal={service.stop_signal}",
+            f"stopwaitsecs={service.stop_wait}",
+            "stopasgroup=true",
+            "killasgroup=true",
+            "redirect_stderr=true",
+            f"stdout_logfile={p['log'] / (service.name + '.log')}",
+            "stdout_logfile_maxbytes=20MB",
+            "stdout_logfile_backups=3",
+        ]
+        if service.as_postgres and _is_root():
+            lines.append("user=postgres")
+    return "\n".join(lines) + "\n"
+
+
+def _supervisorctl(env: dict[str, str], *args: str, check: bool = True) -> str:
+    conf = _paths(env)["conf"]
+    result = subprocess.run(
+        [str(REPO_DIR / ".venv" / "bin" / "supervisorctl"), "-c", str(conf), *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    # supervisorctl exits non-zero when any program is not RUNNING; callers decide.
+    if check and result.returncode not in (0, 3):
+        raise StackError(f"supervisorctl {' '.join(args)} failed: {result.stdout}{result.stderr}")
+    return result.stdout
+
+
+def supervisord_pid(env: dict[str, str]) -> int | None:
+    pidfile = _paths(env)["pid"]
+    try:
+        pid = int(pidfile.read_text().strip())
+        os.kill(pid, 0)
+    except (FileNotFoundError, ValueError, ProcessLookupError):
+        return None
+    return pid
+
+
+def program_states(env: dict[str, str]) -> dict[str, str]:
+    states = {}
+    for line in _supervisorctl(env, "status", check=False).splitlines():
+        parts = line.split()
+        if len(parts) >= 2:
+            states[parts[0]] = parts[1]
+    return states
+
+
+# --- preparing the machine -----------------------------------------------------------------
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def check_ports(env: dict[str, str], services: list[Service]) -> None:
+    for service in services:
+        for variable in service.ports:
+            value = env.get(variable, "")
+            if not value.isdigit():
+                raise StackError(f"{variable}={value!r} is not a port number ({service.name})")
+            if not _port_free(int(value)):
+                raise StackError(
+                    f"port {value} ({variable}, for {service.name}) is already in use by another "
+                    f"process; free it or set {variable} to another port (shell or .env)"
+                )
+
+
+def _make_traversable(path: Path) -> None:
+    """Let the unprivileged users (postgres, nginx workers) reach the checkout's files."""
+    for directory in [path, *path.parents]:
+        mode = directory.stat().st_mode
+        if not mode & 0o001:
+            directory.chmod(mode | 0o001)
+
+
+def prepare_dirs(env: dict[str, str], services: list[Service]) -> None:
+    p = _paths(env)
+    state = p["state"]
+    for directory in (p["log"], p["run"], Path(env["HEARTBEAT_DIR"]), Path(env["REDIS_DATA_DIR"])):
+        directory.mkdir(parents=True, exist_ok=True)
+    for variable in ("STATIC_ROOT", "MEDIA_ROOT"):
+        Path(env[variable]).mkdir(parents=True, exist_ok=True)
+    postgres_dirs = [Path(env["PGBOUNCER_CONF_DIR"])]
+    if any(s.name == "postgres" for s in services):
+        postgres_dirs += [Path(env["PGDATA"]).parent, Path(env["POSTGRES_SOCKET_DIR"])]
+    for directory in postgres_dirs:
+        directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+    if _is_root():
+        _make_traversable(state)
+        _make_traversable(REPO_DIR / "deployments")
+        account = pwd.getpwnam("postgres")
+        for directory in postgres_dirs:
+            for item in [directory, *directory.rglob("*")]:
+                os.chown(item, account.pw_uid, account.pw_gid)
+
+
+# --- commands ------------------------------------------------------------------------------
+
+
+def _env_hash(env: dict[str, str], conf: str) -> str:
+    payload = "\n".join(f"{k}={env[k]}" for k in sorted(env)) + conf
+    return hashlib.sha256(payload.encode()).hexdigest()
+
+
+def _run_healthcheck(service: Service, env: dict[str, str]) -> tuple[bool, str]:
+    try:
+        result = subprocess.run(
+            list(service.healthcheck),
+            env=env,
+            cwd=env["APP_DIR"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=False,
+        )
+    except subprocess.TimeoutExpired:
+        return False, "healthcheck timed out after 10s"
+    return result.returncode == 0, (result.stdout + result.stderr).strip()
+
+
+def log_tail(env: dict[str, str], name: str, lines: int = 40) -> str:
+    path = _paths(env)["log"] / f"{name}.log"
+    if not path.exists():
+        return f"(no log at {path})"
+    return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+
+
+def wait_healthy(env: dict[str, str], services: list[Service]) -> None:
+    for service in services:
+        started = time.monotonic()
+        deadline = started + service.start_timeout
+        while True:
+            healthy, output = _run_healthcheck(service, env)
+            if healthy:
+                print(f"  {service.name:<14} healthy ({time.monotonic() - started:.1f}s)")
+                break
+            state = program_states(env).get(service.name, "UNKNOWN")
+            if state == "FATAL" or time.monotonic() > deadline:
+                raise StackError(
+                    f"{service.name} is not healthy (supervisor state {state}, waited "
+                    f"{time.monotonic() - started:.0f}s). Last check: {output or '(no output)'}\n"
+                    f"--- last lines of {_paths(env)['log'] / (service.name + '.log')} ---\n"
+                    f"{log_tail(env, service.name)}"
+                )
+            time.sleep(0.5)
+
+
+def up(env: dict[str, str]) -> None:
+    services = services_for(env)
+    p = _paths(env)
+    conf = render_supervisord_conf(env, services)
+    wanted = _env_hash(env, conf)
+    running = supervisord_pid(env)
+    if running and p["envhash"].exists() and p["envhash"].read_text() != wanted:
+        print("Configuration changed: restarting the stack")
+        down(env)
+        running = None
+    prepare_dirs(env, services)
+    started = time.monotonic()
+    if running:
+        _supervisorctl(env, "start", "all")
+    else:
+        check_ports(env, services)
+        p["conf"].write_text(conf)
+        p["envhash"].write_text(wanted)
+        subprocess.run(
+            [str(REPO_DIR / ".venv" / "bin" / "supervisord"), "-c", str(p["conf"])],
+            env=env,
+            check=True,
+        )
+    print(f"Waiting for {len(services)} services (logs in {p['log']})")
+    wait_healthy(env, services)
+    https = env["NGINX_HTTPS_PORT"]
+    print(
+        f"Stack is up in {time.monotonic() - started:.1f}s: https://localhost:{https}/ "
+        f"(CA: {Path(env['TLS_CERT']).parent / 'ca.pem'})"
+    )
+
+
+def down(env: dict[str, str]) -> None:
+    pid = supervisord_pid(env)
+    if pid is None:
+        print("Stack is not running")
+        return
+    _supervisorctl(env, "shutdown", check=False)
+    deadline = time.monotonic() + 120
+    while supervisord_pid(env) is not None:
+        if time.monotonic() > deadline:
+            raise StackError(f"supervisord (pid {pid}) did not stop within 120s")
+        time.sleep(0.3)
+    print("Stack is down")
+
+
+def ps(env: dict[str, str]) -> int:
+    if supervisord_pid(env) is None:
+        print("Stack is not running")
+        return 1
+    states = program_states(env)
+    worst = 0
+    print(f"{'SERVICE':<14} {'STATE':<10} HEALTH")
+    for service in services_for(env):
+        healthy, output = _run_healthcheck(service, env)
+        worst = worst or (0 if healthy else 1)
+        last = output.splitlines()[-1] if output else ""
+        print(f"{service.name:<14} {states.get(service.name, '?'):<10} "
+              f"{'healthy' if healthy else 'UNHEALTHY'}  {last[:80]}")
+    return worst
+
+
+def logs(env: dict[str, str], names: list[str]) -> None:
+    log_dir = _paths(env)["log"]
+    files = [str(log_dir / f"{n}.log") for n in names] if names else sorted(
+        str(f) for f in log_dir.glob("*.log")
+    )
+    os.execvp("tail", ["tail", "-n", "50", "-F", *files])
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("up", help="start every service and wait until all are healthy")
+    sub.add_parser("down", help="stop every service")
+    sub.add_parser("ps", help="state and health of every service")
+    logs_parser = sub.add_parser("logs", help="follow the logs")
+    logs_parser.add_argument("services", nargs="*")
+    run_parser = sub.add_parser("run", help="run a command with the stack's environment")
+    run_parser.add_argument("cmd", nargs=argparse.REMAINDER)
+    sub.add_parser("env", help="print the stack's environment (shell syntax)")
+    args = parser.parse_args(argv)
+
+    try:
+        env = load_env()
+        if args.command == "up":
+            up(env)
+        elif args.command == "down":
+            down(env)
+        elif args.command == "ps":
+            return ps(env)
+        elif args.command == "logs":
+            logs(env, args.services)
+        elif args.command == "run":
+            cmd = args.cmd[1:] if args.cmd[:1] == ["--"] else args.cmd
+            if not cmd:
+                raise StackError("run needs a command")
+            os.execvpe(cmd[0], cmd, env)
+        elif args.command == "env":
+            for key in sorted(set(env) - set(os.environ) | {"PATH"}):
+                print(f"export {key}={shlex.quote(env[key])}")
+    except StackError as exc:
+        print(f"stack: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
