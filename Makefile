@@ -58,7 +58,7 @@ lint: .venv/.synced ## ruff, shellcheck
 	.venv/bin/shellcheck --severity=style $$(grep -rlE '^#!/usr/bin/env bash' deployments .ci)
 
 test: system-deps .venv/.synced ## every suite: lint, unit, integration, end-to-end (starts its own stack)
-	.venv/bin/pytest $(PYTEST_ARGS)
+	.venv/bin/python -m pytest $(PYTEST_ARGS)
 
 bench: system-deps .venv/.synced ## benchmarks: req/s of a DB-backed endpoint, pooled vs CONN_MAX_AGE=0
 	.venv/bin/python benchmarks/db_endpoint.py

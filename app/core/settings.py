@@ -9,6 +9,7 @@ from pathlib import Path
 
 from django.core.exceptions import ImproperlyConfigured
 from environs import Env, EnvError
+from marshmallow.validate import OneOf, Range
 
 BASE_DIR = Path(__file__).resolve().parent.parent  # app/
 REPO_DIR = BASE_DIR.parent
@@ -22,7 +23,7 @@ def _fail(variable: str, reason: str) -> None:
 
 try:
     DJANGO_ENV = env.str(
-        "DJANGO_ENV", "development", validate=lambda v: v in {"development", "production", "test"}
+        "DJANGO_ENV", "development", validate=OneOf(["development", "production", "test"])
     )
     PRODUCTION = DJANGO_ENV == "production"
     DEBUG = env.bool("DEBUG", default=not PRODUCTION)
@@ -34,7 +35,7 @@ try:
     # Transaction pooling (PgBouncer) cannot keep WITH HOLD cursors across transactions.
     DATABASE_BEHIND_PGBOUNCER = env.bool("DATABASE_BEHIND_PGBOUNCER", True)
     # Per-process psycopg pool size; 0 disables the pool (Celery prefork workers, see celery#10554).
-    DATABASE_POOL_MAX_SIZE = env.int("DATABASE_POOL_MAX_SIZE", 4, validate=lambda v: v >= 0)
+    DATABASE_POOL_MAX_SIZE = env.int("DATABASE_POOL_MAX_SIZE", 4, validate=Range(min=0))
     DATABASE_POOL_TIMEOUT = env.float("DATABASE_POOL_TIMEOUT", 10.0)
     DATABASE_CONNECT_TIMEOUT = env.int("DATABASE_CONNECT_TIMEOUT", 5)
     DATABASE_CONN_MAX_AGE = env.int("DATABASE_CONN_MAX_AGE", 0)
@@ -45,7 +46,7 @@ try:
 
     STATIC_ROOT = env.path("STATIC_ROOT", REPO_DIR / "assets" / "staticfiles")
     MEDIA_ROOT = env.path("MEDIA_ROOT", REPO_DIR / "assets" / "media")
-    UPLOAD_MAX_MB = env.int("UPLOAD_MAX_MB", 200, validate=lambda v: 1 <= v <= 4096)
+    UPLOAD_MAX_MB = env.int("UPLOAD_MAX_MB", 200, validate=Range(min=1, max=4096))
 
     DIAGNOSTICS_TOKEN = env.str("DIAGNOSTICS_TOKEN", "")
 
@@ -168,7 +169,9 @@ STORAGES = {
     "staticfiles": {
         "BACKEND": "django.contrib.staticfiles.storage.ManifestStaticFilesStorage"
         if PRODUCTION
-        else "django.contrib.staticfiles.storage.StaticFilesStorage"
+        else "django.contrib.staticfiles.storage.StaticFilesStorage",
+        # nginx's workers run as another user and must read these.
+        "OPTIONS": {"file_permissions_mode": 0o644, "directory_permissions_mode": 0o755},
     },
 }
 FILE_UPLOAD_MAX_MEMORY_SIZE = 2_621_440

@@ -153,6 +153,8 @@ def load_env() -> dict[str, str]:
 
     Earlier sources win; later files may refer to earlier values as ${NAME}.
     """
+    if os.environ.get("STACK_ENV_LOADED") == str(stack_dir()):
+        return dict(os.environ)  # already resolved by an outer `stack.py run`
     state = stack_dir()
     env = dict(os.environ)
     env.setdefault("REPO_DIR", str(REPO_DIR))
@@ -179,6 +181,7 @@ def load_env() -> dict[str, str]:
             user_set |= set(values)
     env["PATH"] = os.pathsep.join([str(REPO_DIR / ".venv" / "bin"), _postgres_bindir(), env["PATH"]])
     env["STACK_EXTERNAL_DATABASE"] = "1" if "DATABASE_URL" in user_set else ""
+    env["STACK_ENV_LOADED"] = str(state)
     return env
 
 

@@ -1,0 +1,76 @@
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+from tests.stack_env import REPO_DIR, STACK_ENV
+
+import stack
+
+STACK_SCRIPT = REPO_DIR / "deployments" / "native" / "stack.py"
+ARTIFACTS = REPO_DIR / "test-artifacts"
+
+
+@dataclass
+class NativeStack:
+    env: dict[str, str]
+
+    @property
+    def base_url(self) -> str:
+        return f"https://localhost:{self.env['NGINX_HTTPS_PORT']}"
+
+    @property
+    def ca_file(self) -> str:
+        return str(Path(self.env["TLS_CERT"]).parent / "ca.pem")
+
+    def client(self, **kwargs: object) -> httpx.Client:
+        return httpx.Client(base_url=self.base_url, verify=self.ca_file, timeout=30, **kwargs)
+
+    def supervisorctl(self, *args: str) -> str:
+        return stack._supervisorctl(self.env, *args, check=False)
+
+    def pid(self, service: str) -> int:
+        return int(self.supervisorctl("pid", service).strip())
+
+    def log(self, service: str) -> str:
+        return (Path(self.env["STACK_DIR"]) / "log" / f"{service}.log").read_text(errors="replace")
+
+    def diagnostics_headers(self) -> dict[str, str]:
+        return {"X-Diagnostics-Token": self.env["DIAGNOSTICS_TOKEN"]}
+
+
+def _run_stack(command: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, str(STACK_SCRIPT), command],
+        env=STACK_ENV,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+
+
+@pytest.fixture(scope="session")
+def native_stack() -> Iterator[NativeStack]:
+    """The whole stack, started natively with `stack.py up` (what `make up` runs)."""
+    result = _run_stack("up")
+    if result.returncode != 0:
+        pytest.fail(f"stack.py up failed:\n{result.stdout}\n{result.stderr}")
+    print(result.stdout)
+    yield NativeStack(STACK_ENV)
+    down = _run_stack("down")
+    assert down.returncode == 0, down.stderr
+
+
+@pytest.fixture(scope="session")
+def django_db_setup(native_stack: NativeStack, django_db_setup: None) -> None:
+    """The Django test database lives on the test stack's PostgreSQL."""
+
+
+@pytest.fixture(scope="session")
+def artifacts_dir() -> Path:
+    ARTIFACTS.mkdir(exist_ok=True)
+    return ARTIFACTS

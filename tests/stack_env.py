@@ -1,0 +1,45 @@
+"""pytest plugin (`-p tests.stack_env`, see pyproject): gives the test run its own native stack.
+
+Loaded before pytest-django reads settings. The test stack lives in var/test on ports of its own,
+so `make test` never touches a stack started with `make up`, nor the machine's own servers.
+"""
+
+import os
+import sys
+from pathlib import Path
+
+REPO_DIR = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO_DIR / "deployments" / "native"))
+
+import stack  # noqa: E402
+
+TEST_STACK_OVERRIDES = {
+    "STACK_DIR": str(REPO_DIR / "var" / "test"),
+    "POSTGRES_PORT": "55532",
+    "PGBOUNCER_PORT": "56532",
+    "REDIS_BROKER_PORT": "56479",
+    "REDIS_CACHE_PORT": "56480",
+    "WEB_PORT": "58100",
+    "FLOWER_PORT": "55655",
+    "NGINX_HTTP_PORT": "9080",
+    "NGINX_HTTPS_PORT": "9443",
+}
+for _key in [k for k in os.environ if k.startswith("STACK_")]:
+    del os.environ[_key]
+os.environ.update(TEST_STACK_OVERRIDES)
+
+#: The environment the test stack's processes run with (production settings).
+STACK_ENV: dict[str, str] = stack.load_env()
+
+# The test process itself: test settings, and the Django test database made directly on the
+# stack's PostgreSQL (a test database cannot be dropped while PgBouncer holds connections to it).
+os.environ.update(STACK_ENV)
+os.environ.update(
+    {
+        "DJANGO_ENV": "test",
+        "DEBUG": "false",
+        "DATABASE_URL": STACK_ENV["DATABASE_DIRECT_URL"],
+        "DATABASE_POOL_MAX_SIZE": "0",
+        "DATABASE_BEHIND_PGBOUNCER": "false",
+    }
+)
