@@ -1,3 +1,5 @@
+import os
+import ssl
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -26,8 +28,12 @@ class NativeStack:
     def ca_file(self) -> str:
         return str(Path(self.env["TLS_CERT"]).parent / "ca.pem")
 
+    @property
+    def tls(self) -> ssl.SSLContext:
+        return ssl.create_default_context(cafile=self.ca_file)
+
     def client(self, **kwargs: object) -> httpx.Client:
-        return httpx.Client(base_url=self.base_url, verify=self.ca_file, timeout=30, **kwargs)
+        return httpx.Client(base_url=self.base_url, verify=self.tls, timeout=30, **kwargs)
 
     def supervisorctl(self, *args: str) -> str:
         return stack._supervisorctl(self.env, *args, check=False)
@@ -56,13 +62,16 @@ def _run_stack(command: str) -> subprocess.CompletedProcess[str]:
 @pytest.fixture(scope="session")
 def native_stack() -> Iterator[NativeStack]:
     """The whole stack, started natively with `stack.py up` (what `make up` runs)."""
-    result = _run_stack("up")
-    if result.returncode != 0:
-        pytest.fail(f"stack.py up failed:\n{result.stdout}\n{result.stderr}")
-    print(result.stdout)
-    yield NativeStack(STACK_ENV)
-    down = _run_stack("down")
-    assert down.returncode == 0, down.stderr
+    try:
+        result = _run_stack("up")
+        if result.returncode != 0:
+            pytest.fail(f"stack.py up failed:\n{result.stdout}\n{result.stderr}")
+        print(result.stdout)
+        yield NativeStack(STACK_ENV)
+    finally:
+        if not os.environ.get("KEEP_TEST_STACK"):
+            down = _run_stack("down")
+            assert down.returncode == 0, down.stderr
 
 
 @pytest.fixture(scope="session")

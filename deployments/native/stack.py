@@ -15,6 +15,7 @@ import argparse
 import hashlib
 import os
 import pwd
+import re
 import secrets
 import shlex
 import socket
@@ -166,23 +167,28 @@ def load_env() -> dict[str, str]:
     for path in (user_file, secrets_file, DEFAULTS_FILE):
         if not path.exists():
             continue
-        saved = os.environ.copy()
-        try:
-            os.environ.clear()
-            os.environ.update(env)  # python-dotenv interpolates ${NAME} from os.environ
-            values = dotenv_values(path, interpolate=True)
-        finally:
-            os.environ.clear()
-            os.environ.update(saved)
-        for key, value in values.items():
-            if value is not None:
-                env.setdefault(key, value)
+        values = dotenv_values(path, interpolate=False)
+        for key, raw in values.items():
+            if raw is not None:
+                env.setdefault(key, _expand(raw, env))
         if path == user_file:
             user_set |= set(values)
     env["PATH"] = os.pathsep.join([str(REPO_DIR / ".venv" / "bin"), _postgres_bindir(), env["PATH"]])
     env["STACK_EXTERNAL_DATABASE"] = "1" if "DATABASE_URL" in user_set else ""
     env["STACK_ENV_LOADED"] = str(state)
     return env
+
+
+def _expand(value: str, env: dict[str, str]) -> str:
+    """Replace ${NAME} with its value in env (the earlier, higher-priority sources)."""
+
+    def lookup(match: re.Match[str]) -> str:
+        name = match.group(1)
+        if name not in env:
+            raise StackError(f"{value!r} refers to ${{{name}}}, which is not set")
+        return env[name]
+
+    return re.sub(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}", lookup, value)
 
 
 def _postgres_bindir() -> str:

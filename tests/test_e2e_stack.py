@@ -1,0 +1,313 @@
+"""End to end: the native stack started by `stack.py up`, checked over HTTPS through nginx."""
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import httpx
+import psycopg
+import pytest
+
+from tests.conftest import NativeStack
+from tests.stack_env import REPO_DIR
+
+pytestmark = pytest.mark.e2e
+
+
+def wait_for(predicate, timeout: float, interval: float = 0.5):  # noqa: ANN001, ANN201
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    return predicate()
+
+
+def admin_console(env: dict[str, str]) -> psycopg.Connection:
+    """PgBouncer's admin console (a pseudo-database named pgbouncer)."""
+    return psycopg.connect(
+        host="127.0.0.1",
+        port=env["PGBOUNCER_PORT"],
+        dbname="pgbouncer",
+        user="pgbouncer",
+        password=env["PGBOUNCER_ADMIN_PASSWORD"],
+        autocommit=True,
+        prepare_threshold=None,
+    )
+
+
+def pgbouncer_config(env: dict[str, str]) -> dict[str, str]:
+    with admin_console(env) as conn:
+        rows = conn.execute("SHOW CONFIG").fetchall()
+    return {row[0]: row[1] for row in rows}
+
+
+def server_connections(env: dict[str, str]) -> int:
+    """Client backends PostgreSQL sees on the app's database (the pooler's server connections)."""
+    with psycopg.connect(env["DATABASE_DIRECT_URL"], autocommit=True) as conn:
+        (count,) = conn.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = %s "
+            "AND backend_type = 'client backend' AND pid <> pg_backend_pid()",
+            [env["POSTGRES_DB"]],
+        ).fetchone()
+    return count
+
+
+def test_readyz_through_nginx_over_tls(native_stack: NativeStack) -> None:
+    with native_stack.client() as client:
+        response = client.get("/readyz")
+    assert response.status_code == 200, response.text
+    assert response.http_version in {"HTTP/1.1", "HTTP/2"}
+    checks = response.json()["checks"]
+    assert {name for name, check in checks.items() if check["ok"]} == {"database", "cache", "broker"}
+
+
+def test_http_redirects_to_https_except_acme(native_stack: NativeStack) -> None:
+    env = native_stack.env
+    http = f"http://localhost:{env['NGINX_HTTP_PORT']}"
+    response = httpx.get(f"{http}/some/page?x=1")
+    assert response.status_code == 301
+    assert response.headers["location"] == f"https://localhost:{env['NGINX_HTTPS_PORT']}/some/page?x=1"
+
+    challenge = os.path.join(env["ACME_ROOT"], ".well-known", "acme-challenge")
+    os.makedirs(challenge, exist_ok=True)
+    with open(os.path.join(challenge, "token123"), "w") as f:
+        f.write("proof")
+    os.chmod(os.path.join(challenge, "token123"), 0o644)
+    response = httpx.get(f"{http}/.well-known/acme-challenge/token123")
+    assert response.status_code == 200
+    assert response.text == "proof"
+
+
+def test_security_headers_on_every_response_including_errors(native_stack: NativeStack) -> None:
+    with native_stack.client() as client:
+        responses = [client.get("/no-such-page"), client.get("/readyz"), client.get("/static/nope")]
+    for response in responses:
+        headers = response.headers
+        assert headers.get_list("strict-transport-security") == [
+            "max-age=63072000; includeSubDomains"
+        ], response.url
+        assert headers["x-content-type-options"] == "nosniff"
+        assert headers["x-frame-options"] == "DENY"
+        assert len(headers["x-request-id"]) == 32
+    assert [r.status_code for r in responses] == [404, 200, 404]
+
+
+def test_static_files_are_served_by_nginx_not_django(native_stack: NativeStack) -> None:
+    path = "/static/admin/css/base.css"
+    with native_stack.client() as client:
+        response = client.get(path)
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/css")
+    assert response.headers["x-served-by"] == "nginx"
+    assert "max-age=" in response.headers["cache-control"]
+    assert path not in native_stack.log("web")
+
+
+def test_flower_needs_credentials(native_stack: NativeStack) -> None:
+    user, password = native_stack.env["FLOWER_BASIC_AUTH"].split(":", 1)
+    with native_stack.client() as client:
+        assert client.get("/flower/").status_code == 401
+        assert client.get("/flower/", auth=("admin", "wrong")).status_code == 401
+        response = client.get("/flower/workers", auth=(user, password))
+    assert response.status_code == 200
+    assert "Flower" in response.text
+
+
+def test_celery_task_round_trip_through_the_real_worker(native_stack: NativeStack) -> None:
+    with native_stack.client() as client:
+        assert client.get("/diagnostics/task").status_code == 404  # no token, no diagnostics
+        response = client.get("/diagnostics/task", headers=native_stack.diagnostics_headers())
+    body = response.json()
+    assert response.status_code == 200, body
+    assert body["ok"] is True
+    assert f"Task health.ping[{body['task_id']}] succeeded" in native_stack.log("celery_worker")
+
+
+def test_pgbouncer_runs_in_transaction_mode_with_scram(native_stack: NativeStack) -> None:
+    config = pgbouncer_config(native_stack.env)
+    assert config["pool_mode"] == "transaction"
+    assert config["auth_type"] == "scram-sha-256"
+    env = native_stack.env
+    with pytest.raises(psycopg.OperationalError, match="authentication failed"):
+        psycopg.connect(
+            host="127.0.0.1", port=env["PGBOUNCER_PORT"], dbname=env["POSTGRES_DB"],
+            user=env["POSTGRES_USER"], password="wrong", connect_timeout=5,
+        )
+    # Transaction pooling in action: one client connection, many server sessions.
+    with psycopg.connect(env["DATABASE_URL"], autocommit=True, prepare_threshold=None) as conn:
+        application = conn.execute("SELECT current_setting('application_name')").fetchone()
+    assert application is not None
+
+
+def test_postgres_never_sees_more_than_the_pool_under_200_direct_clients(
+    native_stack: NativeStack,
+) -> None:
+    """200 clients straight at PgBouncer: PostgreSQL sees at most default_pool_size sessions."""
+    env = native_stack.env
+    pool_size = int(pgbouncer_config(env)["default_pool_size"])
+    errors: list[str] = []
+    peak = 0
+    stop = threading.Event()
+
+    def sample() -> None:
+        nonlocal peak
+        while not stop.is_set():
+            peak = max(peak, server_connections(env))
+            time.sleep(0.05)
+
+    def client() -> None:
+        try:
+            with psycopg.connect(env["DATABASE_URL"], prepare_threshold=None, connect_timeout=10) as c:
+                for _ in range(3):
+                    c.execute("SELECT pg_sleep(0.05)")
+                    c.commit()
+        except Exception as exc:  # noqa: BLE001
+            errors.append(repr(exc))
+
+    sampler = threading.Thread(target=sample)
+    sampler.start()
+    threads = [threading.Thread(target=client) for _ in range(200)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    stop.set()
+    sampler.join()
+    assert errors == []
+    assert 1 <= peak <= pool_size, f"PostgreSQL saw {peak} sessions, pool is {pool_size}"
+
+
+def test_200_concurrent_clients_on_a_db_endpoint_through_nginx(native_stack: NativeStack) -> None:
+    env = native_stack.env
+    pool_size = int(pgbouncer_config(env)["default_pool_size"])
+    peak = 0
+    stop = threading.Event()
+
+    def sample() -> None:
+        nonlocal peak
+        while not stop.is_set():
+            peak = max(peak, server_connections(env))
+            time.sleep(0.05)
+
+    async def hammer() -> list[int]:
+        limits = httpx.Limits(max_connections=200, max_keepalive_connections=200)
+        async with httpx.AsyncClient(
+            base_url=native_stack.base_url, verify=native_stack.tls, limits=limits, timeout=60
+        ) as client:
+            headers = native_stack.diagnostics_headers()
+
+            async def one_client() -> list[int]:
+                codes = []
+                for _ in range(3):
+                    response = await client.get("/diagnostics/database", headers=headers)
+                    codes.append(response.status_code)
+                return codes
+
+            results = await asyncio.gather(*(one_client() for _ in range(200)))
+        return [code for codes in results for code in codes]
+
+    sampler = threading.Thread(target=sample)
+    sampler.start()
+    try:
+        codes = asyncio.run(hammer())
+    finally:
+        stop.set()
+        sampler.join()
+    assert len(codes) == 600
+    assert codes.count(200) == 600, {code: codes.count(code) for code in set(codes)}
+    assert 1 <= peak <= pool_size
+
+
+def test_readyz_503_while_pgbouncer_is_down_then_recovers_without_restarting_web(
+    native_stack: NativeStack,
+) -> None:
+    web_pid = native_stack.pid("web")
+    native_stack.supervisorctl("stop", "pgbouncer")
+    try:
+        with native_stack.client() as client:
+            started = time.monotonic()
+            response = client.get("/readyz")
+            elapsed = time.monotonic() - started
+        body = response.json()
+        assert response.status_code == 503, body
+        assert body["checks"]["database"]["ok"] is False
+        assert body["checks"]["cache"]["ok"] and body["checks"]["broker"]["ok"]
+        assert elapsed < 5
+    finally:
+        native_stack.supervisorctl("start", "pgbouncer")
+
+    def ready() -> bool:
+        with native_stack.client() as client:
+            return client.get("/readyz").status_code == 200
+
+    assert wait_for(ready, timeout=30), "web did not recover after PgBouncer came back"
+    assert native_stack.pid("web") == web_pid
+
+
+def test_beat_restarts_cleanly_after_kill_9(native_stack: NativeStack) -> None:
+    old_pid = native_stack.pid("celery_beat")
+    killed_at = time.time()
+    os.kill(old_pid, signal.SIGKILL)
+
+    def restarted() -> int:
+        pid = native_stack.pid("celery_beat")
+        return pid if pid and pid != old_pid else 0
+
+    new_pid = wait_for(restarted, timeout=30)
+    assert new_pid
+    heartbeat = os.path.join(native_stack.env["HEARTBEAT_DIR"], "beat")
+    assert wait_for(lambda: os.stat(heartbeat).st_mtime > killed_at, timeout=60)
+    log_after_kill = native_stack.log("celery_beat").rsplit("beat: Starting...", 1)[-1]
+    assert "pidfile" not in log_after_kill.lower()
+    assert "Traceback" not in log_after_kill
+
+
+def test_tls_is_mozilla_intermediate_compliant(native_stack: NativeStack) -> None:
+    result = subprocess.run(
+        [
+            sys.executable, "-m", "sslyze", f"localhost:{native_stack.env['NGINX_HTTPS_PORT']}",
+            f"--certinfo_ca_file={native_stack.ca_file}", "--mozilla_config=intermediate",
+        ],
+        capture_output=True, text=True, timeout=300, check=False,
+    )
+    assert result.returncode == 0, result.stdout[-3000:]
+    assert "OK - Compliant" in result.stdout
+
+
+def test_migrations_are_safe_when_two_start_at_once(native_stack: NativeStack) -> None:
+    """Migrations run directly on PostgreSQL, under an advisory lock: two at once both succeed."""
+    env = native_stack.env
+    with psycopg.connect(env["DATABASE_DIRECT_URL"], autocommit=True) as conn:
+        conn.execute("DROP DATABASE IF EXISTS migrate_race")
+        conn.execute("CREATE DATABASE migrate_race")
+    direct = env["DATABASE_DIRECT_URL"].rsplit("/", 1)[0] + "/migrate_race"
+    run_env = {**env, "DATABASE_URL": direct, "DATABASE_POOL_MAX_SIZE": "0"}
+    command = [sys.executable, "manage.py", "migrate_safely"]
+    procs = [
+        subprocess.Popen(command, cwd=REPO_DIR / "app", env=run_env, stdout=subprocess.PIPE,
+                         stderr=subprocess.STDOUT, text=True)
+        for _ in range(2)
+    ]
+    outputs = [p.communicate(timeout=300)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outputs
+    assert sum("Applying " in out for out in outputs) == 1, "exactly one process applied them"
+    with psycopg.connect(direct) as conn:
+        total, distinct = conn.execute(
+            "SELECT count(*), count(DISTINCT (app, name)) FROM django_migrations"
+        ).fetchone()
+    assert total == distinct > 20
+    with psycopg.connect(env["DATABASE_DIRECT_URL"], autocommit=True) as conn:
+        conn.execute("DROP DATABASE migrate_race")
+
+    pooled = subprocess.run(
+        command, cwd=REPO_DIR / "app", env={**env, "DATABASE_POOL_MAX_SIZE": "4"},
+        capture_output=True, text=True, timeout=60, check=False,
+    )
+    assert pooled.returncode != 0
+    assert "DATABASE_POOL_MAX_SIZE=0" in pooled.stderr
