@@ -8,9 +8,9 @@ from pathlib import Path
 
 import httpx
 import pytest
-from tests.stack_env import REPO_DIR, STACK_ENV
 
 import stack
+from tests.stack_env import REPO_DIR, STACK_ENV
 
 STACK_SCRIPT = REPO_DIR / "deployments" / "native" / "stack.py"
 ARTIFACTS = REPO_DIR / "test-artifacts"

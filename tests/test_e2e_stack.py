@@ -18,7 +18,7 @@ from tests.stack_env import REPO_DIR
 pytestmark = pytest.mark.e2e
 
 
-def wait_for(predicate, timeout: float, interval: float = 0.5):  # noqa: ANN001, ANN201
+def wait_for(predicate, timeout: float, interval: float = 0.5):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         value = predicate()
@@ -64,7 +64,11 @@ def test_readyz_through_nginx_over_tls(native_stack: NativeStack) -> None:
     assert response.status_code == 200, response.text
     assert response.http_version in {"HTTP/1.1", "HTTP/2"}
     checks = response.json()["checks"]
-    assert {name for name, check in checks.items() if check["ok"]} == {"database", "cache", "broker"}
+    assert {name for name, check in checks.items() if check["ok"]} == {
+        "database",
+        "cache",
+        "broker",
+    }
 
 
 def test_http_redirects_to_https_except_acme(native_stack: NativeStack) -> None:
@@ -72,7 +76,9 @@ def test_http_redirects_to_https_except_acme(native_stack: NativeStack) -> None:
     http = f"http://localhost:{env['NGINX_HTTP_PORT']}"
     response = httpx.get(f"{http}/some/page?x=1")
     assert response.status_code == 301
-    assert response.headers["location"] == f"https://localhost:{env['NGINX_HTTPS_PORT']}/some/page?x=1"
+    assert (
+        response.headers["location"] == f"https://localhost:{env['NGINX_HTTPS_PORT']}/some/page?x=1"
+    )
 
     challenge = os.path.join(env["ACME_ROOT"], ".well-known", "acme-challenge")
     os.makedirs(challenge, exist_ok=True)
@@ -136,8 +142,12 @@ def test_pgbouncer_runs_in_transaction_mode_with_scram(native_stack: NativeStack
     env = native_stack.env
     with pytest.raises(psycopg.OperationalError, match="authentication failed"):
         psycopg.connect(
-            host="127.0.0.1", port=env["PGBOUNCER_PORT"], dbname=env["POSTGRES_DB"],
-            user=env["POSTGRES_USER"], password="wrong", connect_timeout=5,
+            host="127.0.0.1",
+            port=env["PGBOUNCER_PORT"],
+            dbname=env["POSTGRES_DB"],
+            user=env["POSTGRES_USER"],
+            password="wrong",
+            connect_timeout=5,
         )
     # Transaction pooling in action: one client connection, many server sessions.
     with psycopg.connect(env["DATABASE_URL"], autocommit=True, prepare_threshold=None) as conn:
@@ -163,11 +173,13 @@ def test_postgres_never_sees_more_than_the_pool_under_200_direct_clients(
 
     def client() -> None:
         try:
-            with psycopg.connect(env["DATABASE_URL"], prepare_threshold=None, connect_timeout=10) as c:
+            with psycopg.connect(
+                env["DATABASE_URL"], prepare_threshold=None, connect_timeout=10
+            ) as c:
                 for _ in range(3):
                     c.execute("SELECT pg_sleep(0.05)")
                     c.commit()
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             errors.append(repr(exc))
 
     sampler = threading.Thread(target=sample)
@@ -271,10 +283,17 @@ def test_beat_restarts_cleanly_after_kill_9(native_stack: NativeStack) -> None:
 def test_tls_is_mozilla_intermediate_compliant(native_stack: NativeStack) -> None:
     result = subprocess.run(
         [
-            sys.executable, "-m", "sslyze", f"localhost:{native_stack.env['NGINX_HTTPS_PORT']}",
-            f"--certinfo_ca_file={native_stack.ca_file}", "--mozilla_config=intermediate",
+            sys.executable,
+            "-m",
+            "sslyze",
+            f"localhost:{native_stack.env['NGINX_HTTPS_PORT']}",
+            f"--certinfo_ca_file={native_stack.ca_file}",
+            "--mozilla_config=intermediate",
         ],
-        capture_output=True, text=True, timeout=300, check=False,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
     )
     assert result.returncode == 0, result.stdout[-3000:]
     assert "OK - Compliant" in result.stdout
@@ -290,8 +309,14 @@ def test_migrations_are_safe_when_two_start_at_once(native_stack: NativeStack) -
     run_env = {**env, "DATABASE_URL": direct, "DATABASE_POOL_MAX_SIZE": "0"}
     command = [sys.executable, "manage.py", "migrate_safely"]
     procs = [
-        subprocess.Popen(command, cwd=REPO_DIR / "app", env=run_env, stdout=subprocess.PIPE,
-                         stderr=subprocess.STDOUT, text=True)
+        subprocess.Popen(
+            command,
+            cwd=REPO_DIR / "app",
+            env=run_env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
         for _ in range(2)
     ]
     outputs = [p.communicate(timeout=300)[0] for p in procs]
@@ -306,8 +331,13 @@ def test_migrations_are_safe_when_two_start_at_once(native_stack: NativeStack) -
         conn.execute("DROP DATABASE migrate_race")
 
     pooled = subprocess.run(
-        command, cwd=REPO_DIR / "app", env={**env, "DATABASE_POOL_MAX_SIZE": "4"},
-        capture_output=True, text=True, timeout=60, check=False,
+        command,
+        cwd=REPO_DIR / "app",
+        env={**env, "DATABASE_POOL_MAX_SIZE": "4"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
     )
     assert pooled.returncode != 0
     assert "DATABASE_POOL_MAX_SIZE=0" in pooled.stderr

@@ -117,7 +117,7 @@ TEMPLATES = [
     },
 ]
 
-# Database: the app talks to PgBouncer (transaction mode); see docs in README "Database connections".
+# Database: the app talks to PgBouncer (transaction mode); see README, "Database connections".
 _db = DATABASES["default"]
 _db["CONN_MAX_AGE"] = DATABASE_CONN_MAX_AGE
 _db["CONN_HEALTH_CHECKS"] = DATABASE_CONN_MAX_AGE > 0

@@ -70,7 +70,7 @@ async def run_check(
         await asyncio.wait_for(sync_to_async(check, thread_sensitive=False)(), timeout)
     except TimeoutError:
         error = f"timed out after {timeout:.1f}s"
-    except Exception as exc:  # noqa: BLE001 - any failure means not ready; report it
+    except Exception as exc:
         error = f"{type(exc).__name__}: {exc}".strip()[:300]
     else:
         error = ""

@@ -47,7 +47,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{args.name}: no heartbeat in {heartbeat_dir()}", file=sys.stderr)
         return 1
     if seconds > args.max_age:
-        print(f"{args.name}: last heartbeat {seconds:.0f}s ago (> {args.max_age:.0f}s)", file=sys.stderr)
+        print(
+            f"{args.name}: last heartbeat {seconds:.0f}s ago (> {args.max_age:.0f}s)",
+            file=sys.stderr,
+        )
         return 1
     print(f"{args.name}: alive ({seconds:.1f}s ago)")
     return 0

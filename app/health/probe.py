@@ -16,7 +16,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{args.url}: {response.status}")
             return 0
     except urllib.error.HTTPError as exc:
-        print(f"{args.url}: HTTP {exc.code} {exc.read(500).decode(errors='replace')}", file=sys.stderr)
+        print(
+            f"{args.url}: HTTP {exc.code} {exc.read(500).decode(errors='replace')}", file=sys.stderr
+        )
     except (OSError, ValueError) as exc:
         print(f"{args.url}: {exc}", file=sys.stderr)
     return 1

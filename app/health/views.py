@@ -28,7 +28,10 @@ async def readyz(request: HttpRequest) -> JsonResponse:
     """Readiness: database (through PgBouncer), cache and broker, each with its latency."""
     results = await run_readiness_checks()
     ready = all(r.ok for r in results)
-    body = {"status": "ok" if ready else "unavailable", "checks": {r.name: r.as_dict() for r in results}}
+    body = {
+        "status": "ok" if ready else "unavailable",
+        "checks": {r.name: r.as_dict() for r in results},
+    }
     return JsonResponse(body, status=200 if ready else 503)
 
 

@@ -173,7 +173,9 @@ def load_env() -> dict[str, str]:
                 env.setdefault(key, _expand(raw, env))
         if path == user_file:
             user_set |= set(values)
-    env["PATH"] = os.pathsep.join([str(REPO_DIR / ".venv" / "bin"), _postgres_bindir(), env["PATH"]])
+    env["PATH"] = os.pathsep.join(
+        [str(REPO_DIR / ".venv" / "bin"), _postgres_bindir(), env["PATH"]]
+    )
     env["STACK_EXTERNAL_DATABASE"] = "1" if "DATABASE_URL" in user_set else ""
     env["STACK_ENV_LOADED"] = str(state)
     return env
@@ -468,21 +470,27 @@ def ps(env: dict[str, str]) -> int:
         healthy, output = _run_healthcheck(service, env)
         worst = worst or (0 if healthy else 1)
         last = output.splitlines()[-1] if output else ""
-        print(f"{service.name:<14} {states.get(service.name, '?'):<10} "
-              f"{'healthy' if healthy else 'UNHEALTHY'}  {last[:80]}")
+        print(
+            f"{service.name:<14} {states.get(service.name, '?'):<10} "
+            f"{'healthy' if healthy else 'UNHEALTHY'}  {last[:80]}"
+        )
     return worst
 
 
 def logs(env: dict[str, str], names: list[str]) -> None:
     log_dir = _paths(env)["log"]
-    files = [str(log_dir / f"{n}.log") for n in names] if names else sorted(
-        str(f) for f in log_dir.glob("*.log")
+    files = (
+        [str(log_dir / f"{n}.log") for n in names]
+        if names
+        else sorted(str(f) for f in log_dir.glob("*.log"))
     )
     os.execvp("tail", ["tail", "-n", "50", "-F", *files])
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("up", help="start every service and wait until all are healthy")
     sub.add_parser("down", help="stop every service")

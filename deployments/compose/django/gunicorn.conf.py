@@ -2,12 +2,13 @@
 
 import os
 
-bind = f"{os.environ.get('WEB_BIND', '0.0.0.0')}:{os.environ.get('WEB_PORT', '8000')}"  # noqa: S104
+_host = os.environ.get("WEB_BIND", "0.0.0.0")  # noqa: S104 - inside a container network
+bind = f"{_host}:{os.environ.get('WEB_PORT', '8000')}"
 worker_class = "core.uvicorn_worker.DjangoUvicornWorker"
 # Set explicitly: inside a container the CPU count is the host's.
 workers = int(os.environ.get("WEB_CONCURRENCY", "4"))
 timeout = int(os.environ.get("GUNICORN_TIMEOUT", "120"))
-# Stays below the orchestrator's stop grace period (compose stop_grace_period, supervisor stopwaitsecs).
+# Below the orchestrator's stop grace period (compose stop_grace_period, supervisor stopwaitsecs).
 graceful_timeout = int(os.environ.get("GUNICORN_GRACEFUL_TIMEOUT", "25"))
 # Above nginx's upstream keepalive_timeout, so nginx closes idle connections first.
 keepalive = 75

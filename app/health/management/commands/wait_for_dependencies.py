@@ -44,7 +44,7 @@ class Command(BaseCommand):
                 attempt += 1
                 try:
                     check()
-                except Exception as exc:  # noqa: BLE001 - report whatever stops the dependency
+                except Exception as exc:
                     if time.monotonic() + interval > deadline:
                         raise CommandError(
                             f"{name} at {where} did not answer within {timeout:.0f}s "
