@@ -52,5 +52,6 @@ def test_script_uses_strict_mode_and_execs_its_process(script: Path) -> None:
     assert "set -Eeuo pipefail" in text
     assert script.stat().st_mode & 0o111, "executable"
     if script.name in {"start", "start-dev", "entrypoint"}:
-        last = [line for line in text.splitlines() if line.strip() and not line.startswith("#")][-1]
+        logical = text.replace("\\\n", " ").splitlines()
+        last = [line for line in logical if line.strip() and not line.startswith("#")][-1]
         assert last.lstrip().startswith("exec "), f"{script} must end by exec-ing its process"
