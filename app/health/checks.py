@@ -28,6 +28,11 @@ class CheckResult:
         return data
 
 
+def describe(exc: BaseException) -> str:
+    """One line, bounded: exception type and message (drivers' messages span lines)."""
+    return f"{type(exc).__name__}: {' '.join(str(exc).split())}"[:300]
+
+
 def check_database() -> None:
     """SELECT 1 on the default database (through PgBouncer in this stack)."""
     connection = connections["default"]
@@ -71,7 +76,7 @@ async def run_check(
     except TimeoutError:
         error = f"timed out after {timeout:.1f}s"
     except Exception as exc:
-        error = f"{type(exc).__name__}: {exc}".strip()[:300]
+        error = describe(exc)
     else:
         error = ""
     return CheckResult(name, not error, (time.perf_counter() - started) * 1000, error)

@@ -321,16 +321,16 @@ def _port_free(port: int) -> bool:
 
 
 def check_ports(env: dict[str, str], services: list[Service]) -> None:
-    for service in services:
-        for variable in service.ports:
-            value = env.get(variable, "")
-            if not value.isdigit():
-                raise StackError(f"{variable}={value!r} is not a port number ({service.name})")
-            if not _port_free(int(value)):
-                raise StackError(
-                    f"port {value} ({variable}, for {service.name}) is already in use by another "
-                    f"process; free it or set {variable} to another port (shell or .env)"
-                )
+    ports = [(s, variable, env.get(variable, "")) for s in services for variable in s.ports]
+    for service, variable, value in ports:
+        if not value.isdigit():
+            raise StackError(f"{variable}={value!r} is not a port number ({service.name})")
+    for service, variable, value in ports:
+        if not _port_free(int(value)):
+            raise StackError(
+                f"port {value} ({variable}, for {service.name}) is already in use by another "
+                f"process; free it or set {variable} to another port (shell or .env)"
+            )
 
 
 def _make_traversable(path: Path) -> None:

@@ -11,7 +11,7 @@ from urllib.parse import urlsplit
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from health.checks import check_broker, check_cache, check_database
+from health.checks import check_broker, check_cache, check_database, describe
 
 
 def _where(url: str) -> str:
@@ -48,10 +48,10 @@ class Command(BaseCommand):
                     if time.monotonic() + interval > deadline:
                         raise CommandError(
                             f"{name} at {where} did not answer within {timeout:.0f}s "
-                            f"({attempt} attempts): {type(exc).__name__}: {exc}"
+                            f"({attempt} attempts): {describe(exc)}"
                         ) from exc
                     if attempt == 1 or attempt % 10 == 0:
-                        self.stderr.write(f"waiting for {name} at {where}: {exc}")
+                        self.stderr.write(f"waiting for {name} at {where}: {describe(exc)}")
                     time.sleep(interval)
                 else:
                     self.stdout.write(f"{name} is ready ({where})")

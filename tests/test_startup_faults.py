@@ -1,0 +1,116 @@
+"""Faults at start-up end in bounded waits and errors that name what and where."""
+
+import socket
+import subprocess
+import time
+
+import pytest
+
+import stack
+from tests.stack_env import REPO_DIR, STACK_ENV
+
+ENTRYPOINT = REPO_DIR / "deployments" / "compose" / "django" / "entrypoint"
+
+
+def closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.mark.parametrize(
+    ("variable", "url", "name"),
+    [
+        ("DATABASE_URL", "postgres://core:pw@127.0.0.1:{port}/core", "database"),
+        ("CELERY_BROKER_URL", "redis://127.0.0.1:{port}/0", "broker"),
+    ],
+)
+def test_entrypoint_gives_up_naming_the_dependency(variable: str, url: str, name: str) -> None:
+    port = closed_port()
+    env = {
+        **STACK_ENV,
+        # A database the machine certainly answers, unless it is the one under test.
+        "DATABASE_URL": "postgres://postgres@127.0.0.1:5432/postgres",
+        "CELERY_BROKER_URL": "redis://127.0.0.1:6379/0",
+        "CACHE_URL": "redis://127.0.0.1:6379/1",
+        variable: url.format(port=port),
+        "WAIT_TIMEOUT": "3",
+    }
+    started = time.monotonic()
+    result = subprocess.run(
+        [str(ENTRYPOINT), "echo", "started"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    elapsed = time.monotonic() - started
+    assert result.returncode != 0
+    assert "started" not in result.stdout
+    last = result.stderr.strip().splitlines()[-1]
+    assert f"{name} at {variable}" in last
+    assert str(port) in last
+    assert "did not answer within 3s" in last
+    assert elapsed < 30
+
+
+def test_entrypoint_runs_the_command_when_dependencies_answer() -> None:
+    env = {
+        **STACK_ENV,
+        "DATABASE_URL": "postgres://postgres@127.0.0.1:5432/postgres",
+        "CELERY_BROKER_URL": "redis://127.0.0.1:6379/0",
+        "CACHE_URL": "redis://127.0.0.1:6379/1",
+    }
+    result = subprocess.run(
+        [str(ENTRYPOINT), "echo", "started"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().endswith("started")
+
+
+def test_a_taken_port_is_named() -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        port = sock.getsockname()[1]
+        env = {**STACK_ENV, "NGINX_HTTP_PORT": str(closed_port()), "NGINX_HTTPS_PORT": str(port)}
+        with pytest.raises(
+            stack.StackError, match=f"port {port} \\(NGINX_HTTPS_PORT, for nginx\\)"
+        ):
+            stack.check_ports(env, [s for s in stack.SERVICES if s.name == "nginx"])
+
+
+def test_a_non_numeric_port_is_named() -> None:
+    env = {**STACK_ENV, "WEB_PORT": "eighty"}
+    with pytest.raises(stack.StackError, match="WEB_PORT='eighty' is not a port number"):
+        stack.check_ports(env, list(stack.SERVICES))
+
+
+def test_an_undefined_reference_in_env_files_is_named() -> None:
+    with pytest.raises(stack.StackError, match=r"\$\{NOPE\}"):
+        stack._expand("x-${NOPE}", {})
+
+
+def test_external_database_skips_local_postgres_and_pgbouncer() -> None:
+    names = {s.name for s in stack.services_for({**STACK_ENV, "STACK_EXTERNAL_DATABASE": "1"})}
+    assert "postgres" not in names and "pgbouncer" not in names
+    names = {s.name for s in stack.services_for({**STACK_ENV, "POSTGRES_HOST": "db.internal"})}
+    assert "postgres" not in names and "pgbouncer" in names
+
+
+def test_an_unhealthy_service_is_named_with_its_log_tail(tmp_path) -> None:
+    env = {**STACK_ENV, "STACK_DIR": str(tmp_path)}
+    (tmp_path / "log").mkdir()
+    (tmp_path / "log" / "web.log").write_text("booting\nImproperlyConfigured: SECRET_KEY: too short\n")
+    broken = stack.Service("web", ("true",), ("false",), start_timeout=1)
+    with pytest.raises(stack.StackError) as error:
+        stack.wait_healthy(env, [broken])
+    message = str(error.value)
+    assert message.startswith("web is not healthy")
+    assert "SECRET_KEY: too short" in message
