@@ -20,6 +20,7 @@ import json
 import os
 import platform
 import re
+import shlex
 import ssl
 import statistics
 import subprocess
@@ -385,9 +386,7 @@ def write_json(
         "git_dirty": git_dirty(),
         "host": {"cpus": os.cpu_count(), "platform": platform.platform()},
         "url": url,
-        "wrk": " ".join(
-            wrk_command(url, "<DIAGNOSTICS_TOKEN>", args.connections, args.duration)
-        ),
+        "wrk": shlex.join(wrk_command(url, "<DIAGNOSTICS_TOKEN>", args.connections, args.duration)),
         "options": {
             "rounds": args.rounds,
             "duration_s": args.duration,

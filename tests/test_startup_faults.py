@@ -107,7 +107,9 @@ def test_external_database_skips_local_postgres_and_pgbouncer() -> None:
 def test_an_unhealthy_service_is_named_with_its_log_tail(tmp_path) -> None:
     env = {**STACK_ENV, "STACK_DIR": str(tmp_path)}
     (tmp_path / "log").mkdir()
-    (tmp_path / "log" / "web.log").write_text("booting\nImproperlyConfigured: SECRET_KEY: too short\n")
+    (tmp_path / "log" / "web.log").write_text(
+        "booting\nImproperlyConfigured: SECRET_KEY: too short\n"
+    )
     broken = stack.Service("web", ("true",), ("false",), start_timeout=1)
     with pytest.raises(stack.StackError) as error:
         stack.wait_healthy(env, [broken])

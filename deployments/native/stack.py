@@ -150,7 +150,7 @@ def _ensure_secrets(path: Path) -> None:
 
 
 def load_env() -> dict[str, str]:
-    """The stack's environment: shell > .env > STACK_DIR/secrets.env > defaults.env.
+    """The stack's environment: shell > .env.native > STACK_DIR/secrets.env > defaults.env.
 
     Earlier sources win; later files may refer to earlier values as ${NAME}.
     """
@@ -162,7 +162,7 @@ def load_env() -> dict[str, str]:
     env["STACK_DIR"] = str(state)
     secrets_file = state / "secrets.env"
     _ensure_secrets(secrets_file)
-    user_file = REPO_DIR / ".env"
+    user_file = REPO_DIR / ".env.native"
     user_set = set(env)
     for path in (user_file, secrets_file, DEFAULTS_FILE):
         if not path.exists():

@@ -1,0 +1,53 @@
+"""Every variable the settings and scripts read is documented in both env examples."""
+
+import re
+from pathlib import Path
+
+import pytest
+from dotenv import dotenv_values
+
+from tests.stack_env import REPO_DIR
+
+EXAMPLES = [REPO_DIR / ".env.example", REPO_DIR / ".env.prod.example"]
+# Set by the runner/containers themselves, or only meaningful natively (defaults.env).
+NOT_USER_FACING = {
+    "APP_DIR", "REPO_DIR", "STACK_DIR", "PGDATA", "HEARTBEAT_DIR", "REDIS_DATA_DIR", "REDIS_BIND",
+    "POSTGRES_SOCKET_DIR", "POSTGRES_LISTEN_ADDR", "PGBOUNCER_CONF_DIR", "PGBOUNCER_SOCKET_DIR",
+    "PGBOUNCER_LISTEN_ADDR", "PGBOUNCER_MAX_DB_CONNECTIONS", "NGINX_CONF_DIR", "NGINX_RUN_DIR",
+    "NGINX_PUBLIC_HTTPS_PORT", "WEB_UPSTREAM", "FLOWER_UPSTREAM", "STATIC_ROOT", "MEDIA_ROOT",
+    "ACME_ROOT", "TLS_CERT", "TLS_KEY", "WEB_BIND", "FLOWER_BIND", "FLOWER_PORT",
+    "REDIS_BROKER_PORT", "REDIS_CACHE_PORT", "DATABASE_APPLICATION_NAME", "DATABASE_TEST_NAME",
+    "RUN_MIGRATIONS", "RUN_COLLECTSTATIC", "CELERY_QUEUES", "CELERY_DATABASE_CONN_MAX_AGE",
+}  # fmt: skip
+
+
+def read_variables() -> set[str]:
+    names: set[str] = set()
+    settings = (REPO_DIR / "app" / "core" / "settings.py").read_text()
+    names |= set(re.findall(r'env\.\w+\(\s*"([A-Z][A-Z0-9_]+)"', settings))
+    for script in (REPO_DIR / "deployments" / "compose").rglob("*"):
+        if script.is_file() and not script.suffix == ".conf":
+            text = script.read_text()
+            names |= set(re.findall(r"\$\{([A-Z][A-Z0-9_]+)", text))
+            names |= set(re.findall(r"environ\.get\(\s*\"([A-Z][A-Z0-9_]+)\"", text))
+    derived = {"BASH_SOURCE", "UPPER_CASE", "NGINX_CLIENT_MAX_BODY_SIZE", "NGINX_HTTPS_PORT_SUFFIX"}
+    return names - NOT_USER_FACING - derived
+
+
+def test_variables_were_found() -> None:
+    assert {"SECRET_KEY", "DATABASE_URL", "WEB_CONCURRENCY", "PGBOUNCER_DEFAULT_POOL_SIZE"} <= (
+        read_variables()
+    )
+
+
+@pytest.mark.parametrize("example", EXAMPLES, ids=lambda p: p.name)
+def test_every_variable_is_documented(example: Path) -> None:
+    documented = set(dotenv_values(example))
+    missing = sorted(read_variables() - documented)
+    assert missing == [], f"{example.name} lacks {missing}"
+
+
+def test_examples_hold_no_real_secrets() -> None:
+    prod = dotenv_values(REPO_DIR / ".env.prod.example")
+    for name in ("SECRET_KEY", "POSTGRES_PASSWORD", "PGBOUNCER_ADMIN_PASSWORD"):
+        assert prod[name].startswith("<"), f"{name} must be a placeholder"
