@@ -203,6 +203,19 @@ def log_size(path: Path) -> int:
         return 0
 
 
+def settled_size(path: Path, quiet: float = 0.5, limit: float = 5.0) -> int:
+    """The log's size once supervisord has stopped appending to it (output lags a little)."""
+    deadline = time.monotonic() + limit
+    size = log_size(path)
+    while time.monotonic() < deadline:
+        time.sleep(quiet)
+        now = log_size(path)
+        if now == size:
+            break
+        size = now
+    return size
+
+
 def read_since(path: Path, offset: int) -> str:
     """What was appended to a log since offset (the whole file if it was rotated meanwhile)."""
     if not path.exists():
@@ -349,6 +362,10 @@ def table(runs: list[Run], summary: dict[str, dict[str, float | None]]) -> str:
         f"{'ratio':>5}  {'pooled / no pool':<{LABEL_WIDTH}} {fmt(r['requests_per_sec'], 2):>8}x "
         f"{fmt(r['p50_ms'], 2):>7}x {fmt(r['p99_ms'], 2):>8}x"
     )
+    lines.append(
+        "non-2xx: wrk's count of responses >= 400. nginx 499: requests still in flight when wrk "
+        "stopped (it closes its connections), not errors."
+    )
     return "\n".join(lines)
 
 
@@ -458,10 +475,12 @@ def bench(args: argparse.Namespace, stack_env: dict[str, str], runs: list[Run]) 
                     flush=True,
                 )
             nginx_log, web_log = logs / "nginx.log", logs / "web.log"
-            nginx_from, web_from = log_size(nginx_log), log_size(web_log)
+            # Start the slices after the warm-up's last lines (its abandoned requests: 499).
+            nginx_from, web_from = settled_size(nginx_log), settled_size(web_log)
             loadavg = os.getloadavg()
             result, wrk_output = run_wrk(url, token, args.connections, args.duration)
-            time.sleep(1)  # let supervisord flush the services' output to the logs
+            settled_size(nginx_log)  # let supervisord write the run's last lines
+            settled_size(web_log)
             error_count, error_samples = web_errors(read_since(web_log, web_from))
             run = Run(
                 round=round_no,

@@ -23,6 +23,7 @@ TEST_STACK_OVERRIDES = {
     "FLOWER_PORT": "55655",
     "NGINX_HTTP_PORT": "9080",
     "NGINX_HTTPS_PORT": "9443",
+    "UPLOAD_MAX_MB": "2",  # small, so the body-size limit is cheap to test
 }
 for _key in [k for k in os.environ if k.startswith("STACK_")]:
     del os.environ[_key]

@@ -104,6 +104,23 @@ def test_security_headers_on_every_response_including_errors(native_stack: Nativ
     assert [r.status_code for r in responses] == [404, 200, 404]
 
 
+def test_request_body_limit_follows_upload_max_mb(native_stack: NativeStack) -> None:
+    limit = int(native_stack.env["UPLOAD_MAX_MB"]) * 1024 * 1024
+    with native_stack.client() as client:
+        too_big = client.post("/diagnostics/database", content=b"x" * (limit + 2 * 1024 * 1024))
+        within = client.post("/diagnostics/database", content=b"x" * (limit // 2))
+    assert too_big.status_code == 413
+    assert "strict-transport-security" in too_big.headers
+    assert within.status_code != 413  # reaches Django (which answers it: no such POST view)
+
+
+def test_admin_login_is_rate_limited(native_stack: NativeStack) -> None:
+    with native_stack.client() as client:
+        codes = [client.get("/admin/login/").status_code for _ in range(12)]
+    assert codes[0] == 200
+    assert 429 in codes
+
+
 def test_static_files_are_served_by_nginx_not_django(native_stack: NativeStack) -> None:
     path = "/static/admin/css/base.css"
     with native_stack.client() as client:
