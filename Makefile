@@ -55,7 +55,8 @@ manage: .venv/.synced ## run manage.py with the stack's environment (make manage
 lint: .venv/.synced ## ruff, shellcheck
 	.venv/bin/ruff check .
 	.venv/bin/ruff format --check .
-	.venv/bin/shellcheck --severity=style $$(grep -rlE '^#!/usr/bin/env bash' deployments .ci)
+	.venv/bin/shellcheck --severity=style $$(grep -rlE '^#!(/usr/bin/env bash|/bin/sh)' deployments .ci)
+	.venv/bin/hadolint deployments/compose/*/Dockerfile
 
 test: system-deps .venv/.synced ## every suite: lint, unit, integration, end-to-end (starts its own stack)
 	.venv/bin/python -m pytest $(PYTEST_ARGS)

@@ -1,0 +1,112 @@
+"""Container definitions, checked without an engine: hadolint, `compose config`, and that the
+containers run exactly the scripts the native runner runs."""
+
+import os
+import re
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+import stack
+from tests.stack_env import REPO_DIR
+
+COMPOSE_BIN = (
+    REPO_DIR / ".venv" / "lib" / "python3.13" / "site-packages" / "compose" / "docker-compose"
+)
+DOCKERFILES = sorted((REPO_DIR / "deployments" / "compose").glob("*/Dockerfile"))
+SCRIPT_PREFIX = "/deployments/compose/"
+
+
+def compose(env_file: str, *args: str, files: tuple[str, ...] = ()) -> subprocess.CompletedProcess:
+    file_args = [arg for name in files for arg in ("-f", name)]
+    env = {"PATH": os.environ["PATH"], "HOME": os.environ.get("HOME", "/tmp"), "ENV_FILE": env_file}
+    return subprocess.run(
+        [str(COMPOSE_BIN), "--env-file", env_file, *file_args, *args],
+        cwd=REPO_DIR, env=env, capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+
+
+def resolved(env_file: str, files: tuple[str, ...] = ()) -> dict:
+    result = compose(env_file, "config", "--format", "yaml", files=files)
+    assert result.returncode == 0, result.stderr
+    return yaml.safe_load(result.stdout)
+
+
+def test_dockerfiles_exist() -> None:
+    names = {p.parent.name for p in DOCKERFILES}
+    assert {"django", "pgbouncer", "nginx"} <= names
+
+
+@pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.parent.name)
+def test_hadolint(dockerfile: Path) -> None:
+    result = subprocess.run(
+        [str(REPO_DIR / ".venv" / "bin" / "hadolint"), str(dockerfile)],
+        cwd=REPO_DIR, capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.mark.parametrize(
+    ("env_file", "files"),
+    [(".env.prod.example", ("docker-compose.yml",)), (".env.example", ())],
+    ids=["prod", "dev"],
+)
+def test_compose_config_is_valid(env_file: str, files: tuple[str, ...]) -> None:
+    result = compose(env_file, "config", "-q", files=files)
+    assert result.returncode == 0, result.stderr
+
+
+def test_dev_stack_is_selected_by_the_dev_env_file() -> None:
+    services = resolved(".env.example")["services"]
+    assert services["web"]["command"][-1].endswith("start-dev")
+    assert "mailpit" in services
+
+
+def test_missing_production_secret_is_named(tmp_path: Path) -> None:
+    env_file = tmp_path / "prod.env"
+    lines = (REPO_DIR / ".env.prod.example").read_text().splitlines()
+    env_file.write_text("\n".join(x for x in lines if not x.startswith("SECRET_KEY=")) + "\n")
+    result = compose(str(env_file), "config", "-q", files=("docker-compose.yml",))
+    assert result.returncode != 0
+    assert "SECRET_KEY is required" in result.stderr
+
+
+def _container_scripts(service: dict) -> set[str]:
+    words = [*(service.get("entrypoint") or []), *(service.get("command") or [])]
+    words += service.get("healthcheck", {}).get("test", [])
+    return {w[len(SCRIPT_PREFIX) :] for w in words if str(w).startswith(SCRIPT_PREFIX)}
+
+
+def test_containers_and_native_runner_run_the_same_scripts() -> None:
+    prod = resolved(".env.prod.example", ("docker-compose.yml",))["services"]
+    in_containers: set[str] = set()
+    for service in prod.values():
+        in_containers |= _container_scripts(service)
+    for dockerfile in DOCKERFILES:  # the images' CMD, ENTRYPOINT and HEALTHCHECK
+        in_containers |= set(re.findall(r'"/deployments/compose/([^"]+)"', dockerfile.read_text()))
+    compose_root = REPO_DIR / "deployments" / "compose"
+    for script in in_containers:
+        assert (compose_root / script).is_file(), f"compose runs missing {script}"
+    native: set[str] = set()
+    for service in stack.SERVICES:
+        for word in (*service.command, *service.healthcheck):
+            if word.startswith(str(compose_root)):
+                native.add(str(Path(word).relative_to(compose_root)))
+    # Everything the native runner runs, the containers run too, except postgres/start: the db
+    # container uses the official image's entrypoint, with the same postgresql.conf.
+    assert native - in_containers == {"postgres/start"}
+
+
+def test_web_container_is_named_for_the_seed_commands() -> None:
+    prod = resolved(".env.prod.example", ("docker-compose.yml",))["services"]
+    assert prod["web"]["container_name"] == "django_app"
+    published = {name for name, svc in prod.items() if svc.get("ports")}
+    assert published == {"nginx"}
+    for name, svc in prod.items():
+        if name not in {"release"}:
+            assert svc.get("restart") == "unless-stopped", name
+        if name not in {"release", "certbot"}:
+            assert "healthcheck" in svc, name
+    assert "proxy" not in prod["db"]["networks"] and "proxy" not in prod["pgbouncer"]["networks"]
