@@ -12,7 +12,7 @@ STACK := .venv/bin/python deployments/native/stack.py
 SYSTEM_COMMANDS := postgres:postgresql pgbouncer:pgbouncer redis-server:redis-server nginx:nginx-light \
 	envsubst:gettext-base curl:curl psql:postgresql-client openssl:openssl wrk:wrk
 
-.PHONY: help up down restart ps logs test lint bench manage system-deps clean
+.PHONY: help up down restart ps logs test test-containers lint bench manage system-deps clean
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -58,8 +58,14 @@ lint: .venv/.synced ## ruff, shellcheck
 	.venv/bin/shellcheck --severity=style $$(grep -rlE '^#!(/usr/bin/env bash|/bin/sh)' deployments .ci)
 	.venv/bin/hadolint deployments/compose/*/Dockerfile
 
-test: system-deps .venv/.synced ## every suite: lint, unit, integration, end-to-end (starts its own stack)
-	.venv/bin/python -m pytest $(PYTEST_ARGS)
+test: system-deps .venv/.synced ## every suite but containers: lint, unit, integration, end-to-end
+	.venv/bin/python -m pytest -m "not containers" $(PYTEST_ARGS)
+
+test-containers: .venv/.synced ## build the images, run the compose stacks for real (Podman engine)
+	eval "$$(deployments/containers-harness/engine-up)"; \
+	trap 'deployments/containers-harness/engine-down' EXIT; \
+	deployments/containers-harness/base-images; \
+	.venv/bin/python -m pytest -m containers tests/containers $(PYTEST_ARGS)
 
 bench: system-deps .venv/.synced ## benchmarks: req/s of a DB-backed endpoint, pooled vs CONN_MAX_AGE=0
 	.venv/bin/python benchmarks/db_endpoint.py

@@ -1,0 +1,183 @@
+"""The production compose stack, built and run for real (Podman + the real `docker compose`).
+
+Run by `make test-containers` (after the harness has started the engine and the base images);
+`make test` deselects this suite (`-m "not containers"`), `.ci/run` runs both.
+"""
+
+import json
+import os
+import secrets
+import shutil
+import ssl
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.stack_env import REPO_DIR
+
+pytestmark = pytest.mark.containers
+
+PROJECT = "coretest"
+HTTP_PORT, HTTPS_PORT = 18080, 18443
+WORK = REPO_DIR / "var" / "containers"
+ARTIFACTS = REPO_DIR / "test-artifacts"
+
+
+def docker(*args: str, check: bool = True, timeout: float = 900, **kwargs: object) -> str:
+    result = subprocess.run(
+        ["docker", *args], capture_output=True, text=True, timeout=timeout, check=False, **kwargs
+    )
+    if check and result.returncode != 0:
+        raise AssertionError(f"docker {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}")
+    return result.stdout
+
+
+class ComposeStack:
+    def __init__(self, env_file: Path) -> None:
+        self.env_file = env_file
+        self.env = {**os.environ, "ENV_FILE": str(env_file), "COMPOSE_FILE": "docker-compose.yml"}
+        self.timings: dict[str, float] = {}
+
+    def compose(self, *args: str, check: bool = True, timeout: float = 900) -> str:
+        return docker(
+            "compose", "-p", PROJECT, "--env-file", str(self.env_file), *args,
+            check=check, timeout=timeout, cwd=REPO_DIR, env=self.env,
+        )  # fmt: skip
+
+    def wait_healthy(self) -> float:
+        started = time.monotonic()
+        self.compose("up", "-d", "--wait", "--wait-timeout", "600")
+        return time.monotonic() - started
+
+    def states(self) -> dict[str, str]:
+        out = self.compose("ps", "--all", "--format", "json")
+        rows = [json.loads(line) for line in out.splitlines() if line.strip()]
+        if len(rows) == 1 and isinstance(rows[0], list):
+            rows = rows[0]
+        return {row["Service"]: f"{row['State']}/{row.get('Health', '')}" for row in rows}
+
+    def tls(self) -> ssl.SSLContext:
+        ca = WORK / "ca.pem"
+        self.compose("cp", "nginx:/etc/letsencrypt/live/localhost/ca.pem", str(ca))
+        return ssl.create_default_context(cafile=str(ca))
+
+    def client(self) -> httpx.Client:
+        return httpx.Client(
+            base_url=f"https://localhost:{HTTPS_PORT}", verify=self.tls(), timeout=30
+        )
+
+
+def write_env_file() -> tuple[Path, dict[str, str]]:
+    """The production example with real random secrets and local ports."""
+    values = {
+        "SECRET_KEY": secrets.token_urlsafe(64),
+        "POSTGRES_PASSWORD": secrets.token_urlsafe(24),
+        "PGBOUNCER_ADMIN_PASSWORD": secrets.token_urlsafe(24),
+        "FLOWER_BASIC_AUTH": f"admin:{secrets.token_urlsafe(16)}",
+        "DIAGNOSTICS_TOKEN": secrets.token_urlsafe(24),
+        "ALLOWED_HOSTS": "localhost",
+        "CSRF_TRUSTED_ORIGINS": f"https://localhost:{HTTPS_PORT}",
+        "SERVER_NAME": "localhost",
+        "NGINX_HTTP_PUBLISH": str(HTTP_PORT),
+        "NGINX_HTTPS_PUBLISH": str(HTTPS_PORT),
+        "WEB_CONCURRENCY": "2",
+        "CELERY_WORKER_CONCURRENCY": "2",
+        "EMAIL_URL": "console://",
+    }
+    lines = []
+    for line in (REPO_DIR / ".env.prod.example").read_text().splitlines():
+        key = line.split("=", 1)[0]
+        if "=" in line and not line.startswith("#") and key in values:
+            continue
+        lines.append(line)
+    lines += [f"{key}={value}" for key, value in values.items()]
+    WORK.mkdir(parents=True, exist_ok=True)
+    path = WORK / "prod.env"
+    path.write_text("\n".join(lines) + "\n")
+    path.chmod(0o600)
+    return path, values
+
+
+@pytest.fixture(scope="module")
+def prod_stack() -> Iterator[tuple[ComposeStack, dict[str, str]]]:
+    if shutil.which("docker") is None or "Podman" not in docker("version", check=False):
+        pytest.fail("no container engine: run through `make test-containers`")
+    env_file, values = write_env_file()
+    stack = ComposeStack(env_file)
+    stack.compose("down", "-v", "--remove-orphans", check=False)
+    try:
+        started = time.monotonic()
+        stack.compose("build", timeout=1800)
+        stack.timings["build_s"] = round(time.monotonic() - started, 1)
+        stack.timings["up_to_healthy_s"] = round(stack.wait_healthy(), 1)
+        yield stack, values
+    finally:
+        ARTIFACTS.mkdir(exist_ok=True)
+        sizes = {}
+        for image in (
+            "core-django:prod",
+            "core-django:dev",
+            "core-nginx:latest",
+            "core-pgbouncer:latest",
+        ):
+            out = docker("image", "inspect", image, "--format", "{{.Size}}", check=False).strip()
+            if out.isdigit():
+                sizes[image] = round(int(out) / 1e6, 1)
+        logs = stack.compose("logs", "--no-color", "--tail", "200", check=False)
+        (ARTIFACTS / "compose-prod.log").write_text(logs)
+        (ARTIFACTS / "containers.json").write_text(
+            json.dumps({"timings": stack.timings, "image_sizes_mb": sizes}, indent=2)
+        )
+        print(json.dumps({"timings": stack.timings, "image_sizes_mb": sizes}))
+        stack.compose("down", "-v", "--remove-orphans", check=False)
+
+
+def test_every_service_is_healthy(prod_stack) -> None:
+    stack, _ = prod_stack
+    states = stack.states()
+    long_running = {s: v for s, v in states.items() if s != "release"}
+    assert states["release"].startswith("exited"), states
+    assert all(v == "running/healthy" for s, v in long_running.items() if s != "certbot"), states
+    assert states["certbot"].startswith("running"), states
+
+
+def test_readyz_static_flower_and_a_task_over_https(prod_stack) -> None:
+    stack, values = prod_stack
+    with stack.client() as client:
+        ready = client.get("/readyz")
+        assert ready.status_code == 200, ready.text
+        static = client.get("/static/admin/css/base.css")
+        assert static.status_code == 200 and static.headers["x-served-by"] == "nginx"
+        assert client.get("/flower/").status_code == 401
+        task = client.get(
+            "/diagnostics/task", headers={"X-Diagnostics-Token": values["DIAGNOSTICS_TOKEN"]}
+        )
+        assert task.status_code == 200 and task.json()["ok"] is True, task.text
+    redirect = httpx.get(f"http://localhost:{HTTP_PORT}/x")
+    assert redirect.status_code == 301
+    assert redirect.headers["location"] == f"https://localhost:{HTTPS_PORT}/x"
+
+
+def test_web_runs_as_non_root(prod_stack) -> None:
+    uid = docker("exec", "django_app", "id", "-u").strip()
+    assert uid != "0"
+    assert docker("exec", "django_app", "bash", "-c", "echo ok").strip() == "ok"
+
+
+def test_restart_and_down_up_keep_the_database(prod_stack) -> None:
+    stack, values = prod_stack
+    psql = ("exec", "-T", "db", "psql", "-U", "core", "-d", "core", "-tAc")
+    stack.compose(*psql, "CREATE TABLE survives (v text); INSERT INTO survives VALUES ('kept')")
+    started = time.monotonic()
+    stack.compose("restart", timeout=600)
+    stack.wait_healthy()
+    stack.timings["restart_to_healthy_s"] = round(time.monotonic() - started, 1)
+    stack.compose("down")
+    stack.timings["down_up_to_healthy_s"] = round(stack.wait_healthy(), 1)
+    assert stack.compose(*psql, "SELECT v FROM survives").strip() == "kept"
+    with stack.client() as client:
+        assert client.get("/readyz").status_code == 200
