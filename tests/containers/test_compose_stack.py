@@ -169,7 +169,7 @@ def test_web_runs_as_non_root(prod_stack) -> None:
 
 
 def test_restart_and_down_up_keep_the_database(prod_stack) -> None:
-    stack, values = prod_stack
+    stack, _ = prod_stack
     psql = ("exec", "-T", "db", "psql", "-U", "core", "-d", "core", "-tAc")
     stack.compose(*psql, "CREATE TABLE survives (v text); INSERT INTO survives VALUES ('kept')")
     started = time.monotonic()

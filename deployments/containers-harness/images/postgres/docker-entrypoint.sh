@@ -103,18 +103,22 @@ temp_server_stop() {
   PGUSER="${PGUSER:-postgres}" pg_ctl -D "$PGDATA" -m fast -w stop
 }
 
-process_sql() {
+# process_sql_on DB PSQL-ARGS...: psql over the local socket as POSTGRES_USER.
+process_sql_on() {
   local runner=(psql -v ON_ERROR_STOP=1 --username "$POSTGRES_USER" --no-password --no-psqlrc)
-  [[ -z "$POSTGRES_DB" ]] || runner+=(--dbname "$POSTGRES_DB")
+  [[ -z "$1" ]] || runner+=(--dbname "$1")
+  shift
   PGHOST='' PGHOSTADDR='' "${runner[@]}" "$@"
 }
 
+process_sql() { process_sql_on "$POSTGRES_DB" "$@"; }
+
 setup_db() {
   local exists
-  exists="$(POSTGRES_DB='' process_sql --dbname postgres --set db="$POSTGRES_DB" --tuples-only \
+  exists="$(process_sql_on postgres --set db="$POSTGRES_DB" --tuples-only \
     <<<"SELECT 1 FROM pg_database WHERE datname = :'db';")"
   if [[ -z "${exists//[[:space:]]/}" ]]; then
-    POSTGRES_DB='' process_sql --dbname postgres --set db="$POSTGRES_DB" <<<'CREATE DATABASE :"db";'
+    process_sql_on postgres --set db="$POSTGRES_DB" <<<'CREATE DATABASE :"db";'
   fi
 }
 
