@@ -109,4 +109,6 @@ def test_web_container_is_named_for_the_seed_commands() -> None:
             assert svc.get("restart") == "unless-stopped", name
         if name not in {"release", "certbot"}:
             assert "healthcheck" in svc, name
+        # Podman's Docker API stops with no grace at all unless one is set (podman#19139).
+        assert svc.get("stop_grace_period"), name
     assert "proxy" not in prod["db"]["networks"] and "proxy" not in prod["pgbouncer"]["networks"]
