@@ -49,6 +49,16 @@ try:
     UPLOAD_MAX_MB = env.int("UPLOAD_MAX_MB", 200, validate=Range(min=1, max=4096))
 
     DIAGNOSTICS_TOKEN = env.str("DIAGNOSTICS_TOKEN", "")
+    SITE_URL = env.str("SITE_URL", "https://localhost:8443")
+
+    AUDIO_MAX_DURATION_S = env.int("AUDIO_MAX_DURATION_S", 3 * 3600, validate=Range(min=1))
+    AUDIO_MAX_SAMPLE_RATE = env.int("AUDIO_MAX_SAMPLE_RATE", 192_000, validate=Range(min=8000))
+    AUDIO_MAX_CHANNELS = env.int("AUDIO_MAX_CHANNELS", 8, validate=Range(min=1, max=8))
+    AUDIO_RETENTION_DAYS = env.int("AUDIO_RETENTION_DAYS", 30, validate=Range(min=1))
+    AUDIO_STUCK_AFTER_S = env.int("AUDIO_STUCK_AFTER_S", 1800, validate=Range(min=60))
+    AUDIO_MAX_ATTEMPTS = env.int("AUDIO_MAX_ATTEMPTS", 3, validate=Range(min=1))
+    UPLOAD_RATE = env.str("UPLOAD_RATE", "30/hour")
+    LOGIN_RATE = env.str("LOGIN_RATE", "10/minute")
 
     SECURE_SSL_REDIRECT = env.bool("SECURE_SSL_REDIRECT", PRODUCTION)
     SECURE_HSTS_SECONDS = env.int("SECURE_HSTS_SECONDS", 63072000 if PRODUCTION else 0)
@@ -83,8 +93,14 @@ INSTALLED_APPS = [
     "django.contrib.messages",
     "django.contrib.staticfiles",
     "django_celery_beat",
+    "rest_framework",
+    "rest_framework.authtoken",
+    "drf_spectacular",
+    "drf_spectacular_sidecar",
     "core",
     "health",
+    "accounts",
+    "audio",
 ]
 
 MIDDLEWARE = [
@@ -174,8 +190,36 @@ STORAGES = {
         "OPTIONS": {"file_permissions_mode": 0o644, "directory_permissions_mode": 0o755},
     },
 }
+UPLOAD_MAX_BYTES = UPLOAD_MAX_MB * 1024 * 1024
 FILE_UPLOAD_MAX_MEMORY_SIZE = 2_621_440
-FILE_UPLOAD_PERMISSIONS = 0o640
+# nginx (another user) serves media via X-Accel-Redirect; the internal location keeps them private.
+FILE_UPLOAD_PERMISSIONS = 0o644
+FILE_UPLOAD_DIRECTORY_PERMISSIONS = 0o755
+
+LOGIN_URL = "login"
+LOGIN_REDIRECT_URL = "audio:jobs"
+LOGOUT_REDIRECT_URL = "login"
+
+REST_FRAMEWORK = {
+    "DEFAULT_AUTHENTICATION_CLASSES": [
+        "rest_framework.authentication.TokenAuthentication",
+        "rest_framework.authentication.SessionAuthentication",
+    ],
+    "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
+    "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.PageNumberPagination",
+    "PAGE_SIZE": 20,
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "DEFAULT_THROTTLE_RATES": {"uploads": UPLOAD_RATE, "login": LOGIN_RATE},
+}
+SPECTACULAR_SETTINGS = {
+    "TITLE": "core audio API",
+    "DESCRIPTION": "Upload audio, follow its processing, download loudness-normalised renditions.",
+    "VERSION": "1.0.0",
+    "SERVE_INCLUDE_SCHEMA": False,
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
+}
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 # Security. nginx terminates TLS and overwrites X-Forwarded-Proto, so trusting it is safe.

@@ -1,0 +1,120 @@
+"""REST API for audio jobs (DRF). Every query is scoped to the requesting user: another user's
+job is a 404, never a 403."""
+
+from django.db.models import QuerySet
+from django.http import Http404, HttpResponse
+from drf_spectacular.utils import OpenApiParameter, extend_schema
+from rest_framework import mixins, status, viewsets
+from rest_framework.decorators import action
+from rest_framework.parsers import MultiPartParser
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from . import services
+from .models import Job
+from .permissions import UploadThrottle
+from .presets import PRESETS
+from .serializers import JobSerializer, UploadSerializer
+
+WAVEFORM_TYPES = {"json": "application/json", "dat": "application/octet-stream", "png": "image/png"}
+
+
+def protected_file(path, content_type: str, download_name: str | None = None) -> HttpResponse:
+    """Django checked the permission; nginx sends the bytes (X-Accel-Redirect, internal)."""
+    if not path.exists():
+        raise Http404
+    response = HttpResponse(content_type=content_type)
+    response["X-Accel-Redirect"] = services.protected_path(path)
+    if download_name:
+        response["Content-Disposition"] = f'attachment; filename="{download_name}"'
+    return response
+
+
+class PresetList(APIView):
+    @extend_schema(responses={200: dict})
+    def get(self, request: Request) -> Response:
+        return Response([preset.as_dict() for preset in PRESETS.values()])
+
+
+class JobViewSet(
+    mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins.DestroyModelMixin,
+    viewsets.GenericViewSet,
+):  # fmt: skip
+    serializer_class = JobSerializer
+
+    def get_queryset(self) -> QuerySet[Job]:
+        jobs = Job.objects.filter(owner=self.request.user).prefetch_related("renditions")
+        wanted = self.request.query_params.get("status")
+        if wanted:
+            jobs = jobs.filter(status=wanted)
+        return jobs
+
+    def get_throttles(self) -> list:
+        return [UploadThrottle()] if self.action == "create" else super().get_throttles()
+
+    @extend_schema(
+        parameters=[OpenApiParameter("status", str, enum=list(Job.Status.values))],
+    )
+    def list(self, request: Request, *args: object, **kwargs: object) -> Response:
+        return super().list(request, *args, **kwargs)
+
+    @extend_schema(
+        request={"multipart/form-data": UploadSerializer}, responses={202: JobSerializer}
+    )
+    def create(self, request: Request) -> Response:
+        upload = UploadSerializer(data=request.data)
+        upload.is_valid(raise_exception=True)
+        try:
+            job = services.create_job(
+                request.user, upload.validated_data["file"], upload.validated_data["preset"]
+            )
+        except services.UploadRejected as exc:
+            return Response({"detail": str(exc)}, status=exc.status)
+        return Response(self.get_serializer(job).data, status=status.HTTP_202_ACCEPTED)
+
+    def get_parsers(self) -> list:
+        if getattr(self, "action", None) == "create" or self.request.method == "POST":
+            return [MultiPartParser()]
+        return super().get_parsers()
+
+    def perform_destroy(self, instance: Job) -> None:
+        services.delete_job(instance)
+
+    @extend_schema(request=None, responses={200: JobSerializer, 409: dict})
+    @action(detail=True, methods=["post"])
+    def cancel(self, request: Request, pk: str | None = None) -> Response:
+        job = self.get_object()
+        if not services.cancel_job(job):
+            return Response({"detail": f"a {job.status} job cannot be canceled"}, status=409)
+        return Response(self.get_serializer(job).data)
+
+    @extend_schema(request=None, responses={202: JobSerializer, 409: dict})
+    @action(detail=True, methods=["post"])
+    def rerun(self, request: Request, pk: str | None = None) -> Response:
+        job = self.get_object()
+        if not services.rerun_job(job):
+            return Response(
+                {"detail": "only a finished job whose files are kept can be re-run"}, status=409
+            )
+        return Response(self.get_serializer(job).data, status=status.HTTP_202_ACCEPTED)
+
+    @extend_schema(responses={(200, "application/octet-stream"): bytes})
+    @action(detail=True, methods=["get"], url_path=r"renditions/(?P<fmt>[a-z0-9]+)")
+    def rendition(self, request: Request, pk: str | None = None, fmt: str = "") -> HttpResponse:
+        job = self.get_object()
+        rendition = job.renditions.filter(format=fmt).first()
+        if rendition is None:
+            raise Http404
+        stem = "".join(c for c in job.original_name.rsplit(".", 1)[0] if c.isalnum() or c in "-_ ")
+        extension = rendition.file_name.rsplit(".", 1)[-1]
+        name = f"{(stem.strip() or 'audio')[:80]}-{job.preset}.{extension}"
+        return protected_file(rendition.path, rendition.content_type, name)
+
+    @extend_schema(responses={(200, "application/octet-stream"): bytes})
+    @action(detail=True, methods=["get"], url_path=r"waveform\.(?P<kind>json|dat|png)")
+    def waveform(self, request: Request, pk: str | None = None, kind: str = "") -> HttpResponse:
+        job = self.get_object()
+        if not job.has_waveform:
+            raise Http404
+        return protected_file(job.waveform_path(kind), WAVEFORM_TYPES[kind])

@@ -1,0 +1,88 @@
+import uuid
+from pathlib import Path
+
+from django.conf import settings
+from django.db import models
+
+
+class Job(models.Model):
+    class Status(models.TextChoices):
+        QUEUED = "queued"
+        PROCESSING = "processing"
+        DONE = "done"
+        FAILED = "failed"
+        CANCELED = "canceled"
+
+    FINISHED = (Status.DONE, Status.FAILED, Status.CANCELED)
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    owner = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="audio_jobs"
+    )
+    preset = models.CharField(max_length=32)
+    status = models.CharField(max_length=16, choices=Status, default=Status.QUEUED, db_index=True)
+    phase = models.CharField(max_length=32, blank=True)
+    progress = models.PositiveSmallIntegerField(default=0)
+    error = models.TextField(blank=True)
+    # Shown to its owner only; never used in a path.
+    original_name = models.CharField(max_length=255)
+    source_size = models.BigIntegerField(default=0)
+    source_metadata = models.JSONField(default=dict, blank=True)
+    loudness_before = models.JSONField(null=True, blank=True)
+    has_waveform = models.BooleanField(default=False)
+    attempts = models.PositiveSmallIntegerField(default=0)
+    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+    updated_at = models.DateTimeField(auto_now=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    heartbeat_at = models.DateTimeField(null=True, blank=True)
+    notified_at = models.DateTimeField(null=True, blank=True)
+    files_purged_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        indexes = [models.Index(fields=["owner", "-created_at"])]
+
+    def __str__(self) -> str:
+        return f"{self.original_name} ({self.preset}, {self.status})"
+
+    @property
+    def directory(self) -> Path:
+        """Server-generated: MEDIA_ROOT/jobs/<uuid>/ (no user input in any path)."""
+        return Path(settings.MEDIA_ROOT) / "jobs" / str(self.id)
+
+    @property
+    def source_path(self) -> Path:
+        return self.directory / "source"
+
+    def waveform_path(self, kind: str) -> Path:
+        return self.directory / f"waveform.{kind}"
+
+    @property
+    def is_finished(self) -> bool:
+        return self.status in self.FINISHED
+
+
+class Rendition(models.Model):
+    job = models.ForeignKey(Job, on_delete=models.CASCADE, related_name="renditions")
+    format = models.CharField(max_length=16)
+    content_type = models.CharField(max_length=64)
+    file_name = models.CharField(max_length=64)
+    size = models.BigIntegerField(default=0)
+    loudness = models.JSONField(default=dict)
+    gain_db = models.FloatField(default=0.0)
+    within_target = models.BooleanField(default=False)
+    note = models.TextField(blank=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["job", "format"], name="one_rendition_per_format")
+        ]
+        ordering = ["format"]
+
+    def __str__(self) -> str:
+        return f"{self.job_id} {self.format}"
+
+    @property
+    def path(self) -> Path:
+        return self.job.directory / self.file_name

@@ -1,0 +1,5 @@
+from rest_framework.throttling import UserRateThrottle
+
+
+class UploadThrottle(UserRateThrottle):
+    scope = "uploads"

@@ -1,0 +1,1 @@
+"""Audio processing as plain functions: no Django, no Celery (they call in here)."""

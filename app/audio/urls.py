@@ -1,0 +1,13 @@
+from django.urls import include, path
+from rest_framework.routers import DefaultRouter
+
+from . import api
+
+router = DefaultRouter(trailing_slash=True)
+router.register("jobs", api.JobViewSet, basename="job")
+
+app_name = "audio-api"
+urlpatterns = [
+    path("presets/", api.PresetList.as_view(), name="presets"),
+    path("", include(router.urls)),
+]
