@@ -71,8 +71,7 @@ def create_job(owner: AbstractBaseUser, upload: UploadedFile, preset: str) -> Jo
             for chunk in upload.chunks():
                 out.write(chunk)
         job.source_path.chmod(0o644)
-        with media.open_container(job.source_path):
-            pass  # header check only; the worker decodes everything
+        media.inspect(job.source_path, limits())  # header only; the worker decodes everything
     except media.InvalidAudio as exc:
         shutil.rmtree(job.directory, ignore_errors=True)
         raise UploadRejected(str(exc)) from exc

@@ -27,6 +27,7 @@ ALLOWED_CODECS = {
     "flac", "mp3", "mp3float", "aac", "alac", "opus", "vorbis",
 }  # fmt: skip
 SILENCE_LUFS = -70.0
+TRUNCATION_RATIO = 0.9  # decoded duration below this share of the header's claim: refuse
 WAVEFORM_PIXELS_PER_SECOND = 20
 TAG_MAX_CHARS = 200
 TAG_NAMES = ("title", "artist", "album", "date", "genre", "comment", "track")
@@ -137,6 +138,51 @@ def open_container(path: Path) -> av.container.InputContainer:
     return container
 
 
+@dataclass(frozen=True)
+class Header:
+    """What the container claims, checked against the limits before anything is decoded."""
+
+    demuxer: str
+    codec: str
+    sample_rate: int
+    channels: int
+    duration_hint_s: float | None
+
+
+def inspect(path: Path, limits: Limits = Limits()) -> Header:
+    """Cheap header check (used on upload): whitelisted format, an audio stream, sane claims."""
+    with open_container(path) as container:
+        stream = _audio_stream(container)
+        header = Header(
+            demuxer=container.format.name,
+            codec=stream.codec_context.name,
+            sample_rate=stream.codec_context.sample_rate,
+            channels=stream.codec_context.channels,
+            duration_hint_s=_duration_hint(container, stream),
+        )
+    _check_format(header.sample_rate, header.channels, limits)
+    if header.duration_hint_s and header.duration_hint_s > limits.max_duration_s:
+        minutes = limits.max_duration_s / 60
+        raise InvalidAudio(f"the audio is longer than {minutes:.0f} minutes")
+    return header
+
+
+def _audio_stream(container: av.container.InputContainer) -> av.audio.stream.AudioStream:
+    streams = [s for s in container.streams if s.type == "audio"]
+    if not streams:
+        raise InvalidAudio("the file has no audio stream")
+    stream = streams[0]
+    if stream.codec_context.name not in ALLOWED_CODECS:
+        raise InvalidAudio(f"unsupported audio codec ({stream.codec_context.name})")
+    return stream
+
+
+def _duration_hint(container: av.container.InputContainer, stream: object) -> float | None:
+    if stream.duration and stream.time_base:
+        return float(stream.duration * stream.time_base)
+    return float(container.duration / 1e6) if container.duration else None
+
+
 def analyse(
     path: Path,
     limits: Limits = Limits(),
@@ -147,16 +193,11 @@ def analyse(
     """Decode the whole file once (streaming) and measure it. Raises InvalidAudio."""
     container = open_container(path)
     with container:
-        streams = [s for s in container.streams if s.type == "audio"]
-        if not streams:
-            raise InvalidAudio("the file has no audio stream")
-        stream = streams[0]
+        stream = _audio_stream(container)
         codec = stream.codec_context.name
-        if codec not in ALLOWED_CODECS:
-            raise InvalidAudio(f"unsupported audio codec ({codec})")
         rate, channels = stream.codec_context.sample_rate, stream.codec_context.channels
         _check_format(rate, channels, limits)
-        hinted = float(container.duration / 1e6) if container.duration else None
+        hinted = _duration_hint(container, stream)
         tags = {
             name: sanitize_tag(value)
             for name, value in {**container.metadata, **stream.metadata}.items()
@@ -198,6 +239,12 @@ def analyse(
             ) from exc
         if samples == 0:
             raise InvalidAudio("the file contains no audio samples")
+        decoded_s = samples / rate
+        if hinted and hinted > 2.0 and decoded_s < hinted * TRUNCATION_RATIO:
+            raise InvalidAudio(
+                f"the file is truncated or its header is wrong: it claims {hinted:.0f} s "
+                f"but only {decoded_s:.1f} s of audio could be decoded"
+            )
         loudness = _loudness(meter, channels)
         bitrate = stream.bit_rate or container.bit_rate
     return Analysis(

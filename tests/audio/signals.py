@@ -1,0 +1,74 @@
+"""Test audio made on the spot: numpy signals (and espeak-ng speech) encoded with PyAV."""
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import av
+import numpy as np
+
+RATE = 48_000
+
+# (container format, codec, extension) for every accepted upload format.
+FORMATS = {
+    "wav": ("wav", "pcm_s16le", "wav"),
+    "flac": ("flac", "flac", "flac"),
+    "mp3": ("mp3", "libmp3lame", "mp3"),
+    "m4a": ("ipod", "aac", "m4a"),
+    "opus": ("ogg", "libopus", "opus"),
+    "webm": ("webm", "libopus", "webm"),
+}
+
+
+def tone(seconds: float = 10, dbfs: float = -18.0, channels: int = 2, freq: float = 997.0,
+         rate: int = RATE) -> np.ndarray:  # fmt: skip
+    """A sine whose peak is `dbfs`: a calibrated 997 Hz tone at -18 dBFS reads -18.0 LUFS (stereo)."""
+    t = np.arange(int(rate * seconds)) / rate
+    x = (10 ** (dbfs / 20)) * np.sin(2 * np.pi * freq * t)
+    return np.stack([x] * channels, axis=1)
+
+
+def program(seconds: float = 12, rate: int = RATE, seed: int = 1) -> np.ndarray:
+    """Dynamic material: quiet tone, loud tone, noise, a silence."""
+    rng = np.random.default_rng(seed)
+    part = int(seconds / 4 * rate)
+    left = np.concatenate([
+        tone(seconds / 4, -32, 1, 440, rate)[:, 0],
+        tone(seconds / 4, -6, 1, 1500, rate)[:, 0],
+        rng.normal(0, 0.08, part),
+        np.zeros(part),
+    ])  # fmt: skip
+    return np.stack([left, left * 0.7], axis=1)
+
+
+def speech(text: str, dest: Path) -> Path:
+    """espeak-ng speech as WAV (mono 22.05 kHz)."""
+    binary = shutil.which("espeak-ng")
+    assert binary, "espeak-ng is missing: `make test` installs it (Debian package espeak-ng)"
+    subprocess.run([binary, "-w", str(dest), text], check=True, capture_output=True)
+    return dest
+
+
+def write(dest: Path, samples: np.ndarray, kind: str = "wav", rate: int = RATE,
+          metadata: dict[str, str] | None = None) -> Path:  # fmt: skip
+    fmt, codec, _ = FORMATS[kind]
+    channels = samples.shape[1]
+    layout = {1: "mono", 2: "stereo"}[channels]
+    out_rate = 48_000 if codec == "libopus" else rate
+    with av.open(str(dest), "w", format=fmt) as container:
+        for key, value in (metadata or {}).items():
+            container.metadata[key] = value
+        stream = container.add_stream(codec, rate=out_rate, layout=layout)
+        frame = av.AudioFrame.from_ndarray(
+            np.ascontiguousarray(samples.astype(np.float32)).reshape(1, -1), format="flt",
+            layout=layout,
+        )  # fmt: skip
+        frame.sample_rate = rate
+        target = stream.codec_context.format.name if stream.codec_context.format else "s16"
+        resampler = av.AudioResampler(format=target, layout=layout, rate=out_rate)
+        for chunk in resampler.resample(frame) + resampler.resample(None):
+            for packet in stream.encode(chunk):
+                container.mux(packet)
+        for packet in stream.encode(None):
+            container.mux(packet)
+    return dest

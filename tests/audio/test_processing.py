@@ -1,0 +1,101 @@
+"""Audio processing against real decoders and encoders (PyAV/FFmpeg, libebur128, ffmpeg CLI)."""
+
+import json
+
+import numpy as np
+import pytest
+
+from audio.presets import PRESETS
+from audio.processing import encode, media
+from tests.audio import signals
+
+LIMITS = media.Limits(max_duration_s=600)
+
+
+@pytest.mark.parametrize(("dbfs", "channels", "expected"), [(-18, 2, -18.0), (-23, 2, -23.0),
+                                                           (-18, 1, -21.01)])  # fmt: skip
+def test_loudness_is_accurate_on_calibrated_tones(tmp_path, dbfs, channels, expected) -> None:
+    path = signals.write(tmp_path / "tone.wav", signals.tone(20, dbfs, channels))
+    loudness = media.analyse(path, LIMITS).loudness
+    assert loudness.integrated_lufs == pytest.approx(expected, abs=0.1)
+    assert loudness.true_peak_dbtp == pytest.approx(dbfs, abs=0.1)
+
+
+@pytest.mark.parametrize("kind", sorted(signals.FORMATS))
+def test_every_accepted_format_is_decoded_and_measured(tmp_path, kind) -> None:
+    ext = signals.FORMATS[kind][2]
+    path = signals.write(tmp_path / f"tone.{ext}", signals.tone(8, -18, 2))
+    analysis = media.analyse(path, LIMITS)
+    assert analysis.duration_s == pytest.approx(8, abs=0.1)
+    assert analysis.channels == 2
+    assert analysis.loudness.integrated_lufs == pytest.approx(-18, abs=0.3)
+    assert analysis.waveform is not None and len(analysis.waveform.data) >= 2 * 8 * 20
+
+
+def test_waveform_matches_the_audiowaveform_format(tmp_path) -> None:
+    path = signals.write(tmp_path / "tone.wav", signals.tone(3, -6, 2))
+    waveform = media.analyse(path, LIMITS).waveform
+    data = waveform.as_audiowaveform_json()
+    assert {k: data[k] for k in ("version", "channels", "bits")} == {
+        "version": 2,
+        "channels": 1,
+        "bits": 8,
+    }
+    assert data["samples_per_pixel"] == signals.RATE // 20
+    assert data["length"] == 60 and len(data["data"]) == 120
+    peak = int(10 ** (-6 / 20) * 32767) // 256
+    assert max(data["data"]) == peak and min(data["data"]) == -peak
+    dat = waveform.as_audiowaveform_dat()
+    header = np.frombuffer(dat[:24], dtype="<i4")
+    assert list(header) == [2, 1, signals.RATE, signals.RATE // 20, 60, 1]
+    assert list(np.frombuffer(dat[24:], dtype=np.int8)) == data["data"]
+    json.dumps(data)
+
+
+@pytest.mark.parametrize("preset_name", sorted(PRESETS))
+@pytest.mark.parametrize("material", ["tone", "program", "speech"])
+def test_renditions_reach_the_target_under_the_ceiling(tmp_path, preset_name, material) -> None:
+    if material == "speech":
+        source = signals.speech("Loudness normalisation keeps every episode at the same level. "
+                                "Listeners stop reaching for the volume.", tmp_path / "s.wav")  # fmt: skip
+    else:
+        samples = signals.tone(10, -30, 2) if material == "tone" else signals.program(12)
+        source = signals.write(tmp_path / "in.wav", samples)
+    preset = PRESETS[preset_name]
+    analysis = media.analyse(source, LIMITS)
+    for name in preset.formats:
+        fmt = encode.FORMATS[name]
+        rendition = encode.render(
+            source, analysis, fmt, tmp_path / f"out.{fmt.extension}",
+            target_lufs=preset.target_lufs, ceiling_dbtp=preset.ceiling_dbtp, limits=LIMITS,
+        )  # fmt: skip
+        loud = rendition.loudness
+        assert rendition.within_target, (name, loud, rendition.note)
+        assert abs(loud.integrated_lufs - preset.target_lufs) <= 1.0, (name, loud)
+        assert loud.true_peak_dbtp <= preset.ceiling_dbtp, (name, loud)
+
+
+def test_silence_is_not_normalised_and_says_why(tmp_path) -> None:
+    source = signals.write(tmp_path / "silence.wav", np.zeros((48_000 * 3, 2)))
+    analysis = media.analyse(source, LIMITS)
+    assert analysis.loudness.integrated_lufs is None
+    rendition = encode.render(
+        source, analysis, encode.FORMATS["mp3"], tmp_path / "out.mp3",
+        target_lufs=-16, ceiling_dbtp=-1, limits=LIMITS,
+    )  # fmt: skip
+    assert not rendition.within_target
+    assert "silent" in rendition.note
+
+
+def test_tags_are_sanitised(tmp_path) -> None:
+    hostile = {
+        "title": "<script>alert(1)</script>\u202eevil\r\nInjected: yes\x00",
+        "comment": "x" * 100_000,
+    }
+    path = signals.write(tmp_path / "tags.flac", signals.tone(1, -18, 2), "flac", metadata=hostile)
+    tags = media.analyse(path, LIMITS).source_metadata()["tags"]
+    assert (
+        "\u202e" not in tags["title"] and "\r" not in tags["title"] and "\x00" not in tags["title"]
+    )
+    assert tags["title"].startswith("<script>")  # kept as text; escaped where it is shown
+    assert len(tags["comment"]) <= media.TAG_MAX_CHARS
