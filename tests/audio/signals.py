@@ -22,7 +22,7 @@ FORMATS = {
 
 def tone(seconds: float = 10, dbfs: float = -18.0, channels: int = 2, freq: float = 997.0,
          rate: int = RATE) -> np.ndarray:  # fmt: skip
-    """A sine whose peak is `dbfs`: a calibrated 997 Hz tone at -18 dBFS reads -18.0 LUFS (stereo)."""
+    """A sine peaking at `dbfs`: 997 Hz at -18 dBFS reads -18.0 LUFS in stereo (calibration)."""
     t = np.arange(int(rate * seconds)) / rate
     x = (10 ** (dbfs / 20)) * np.sin(2 * np.pi * freq * t)
     return np.stack([x] * channels, axis=1)
