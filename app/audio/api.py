@@ -6,7 +6,7 @@ from django.http import Http404, HttpResponse
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import mixins, status, viewsets
 from rest_framework.decorators import action
-from rest_framework.parsers import MultiPartParser
+from rest_framework.parsers import JSONParser, MultiPartParser
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
@@ -42,6 +42,7 @@ class JobViewSet(
     viewsets.GenericViewSet,
 ):  # fmt: skip
     serializer_class = JobSerializer
+    parser_classes = [MultiPartParser, JSONParser]
 
     def get_queryset(self) -> QuerySet[Job]:
         jobs = Job.objects.filter(owner=self.request.user).prefetch_related("renditions")
@@ -72,11 +73,6 @@ class JobViewSet(
         except services.UploadRejected as exc:
             return Response({"detail": str(exc)}, status=exc.status)
         return Response(self.get_serializer(job).data, status=status.HTTP_202_ACCEPTED)
-
-    def get_parsers(self) -> list:
-        if getattr(self, "action", None) == "create" or self.request.method == "POST":
-            return [MultiPartParser()]
-        return super().get_parsers()
 
     def perform_destroy(self, instance: Job) -> None:
         services.delete_job(instance)

@@ -161,10 +161,29 @@ def inspect(path: Path, limits: Limits = Limits()) -> Header:
             duration_hint_s=_duration_hint(container, stream),
         )
     _check_format(header.sample_rate, header.channels, limits)
+    if header.demuxer == "wav":
+        _check_wav_size(path)
     if header.duration_hint_s and header.duration_hint_s > limits.max_duration_s:
         minutes = limits.max_duration_s / 60
         raise InvalidAudio(f"the audio is longer than {minutes:.0f} minutes")
     return header
+
+
+def _check_wav_size(path: Path) -> None:
+    """FFmpeg trusts the file size over a WAV's data chunk: check that they agree."""
+    with path.open("rb") as f:
+        head = f.read(65_536)
+    at = head.find(b"data", 12)
+    if at < 0 or at + 8 > len(head):
+        return
+    claimed = int.from_bytes(head[at + 4 : at + 8], "little")
+    present = path.stat().st_size - (at + 8)
+    if claimed in (0, 0xFFFFFFFF) or claimed <= present:
+        return  # unknown size (streamed WAV), or complete
+    raise InvalidAudio(
+        f"the file is truncated or its header is wrong: it declares {claimed:,} bytes of audio "
+        f"but holds {present:,}"
+    )
 
 
 def _audio_stream(container: av.container.InputContainer) -> av.audio.stream.AudioStream:

@@ -1,0 +1,187 @@
+"""The audio API with real PostgreSQL and real processing (the worker's function runs inline
+here; the real worker is exercised end to end in test_e2e_audio)."""
+
+import io
+from pathlib import Path
+
+import pytest
+from django.contrib.auth import get_user_model
+from rest_framework.test import APIClient
+
+from audio import services, tasks
+from audio.models import Job
+from tests.audio import corpus, signals
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+@pytest.fixture(autouse=True)
+def media_root(settings, tmp_path):
+    settings.MEDIA_ROOT = tmp_path / "media"
+    settings.AUDIO_MAX_DURATION_S = 600
+    settings.REST_FRAMEWORK = {**settings.REST_FRAMEWORK, "DEFAULT_THROTTLE_RATES": {
+        "uploads": "1000/hour", "login": "1000/minute"}}  # fmt: skip
+    return settings.MEDIA_ROOT
+
+
+@pytest.fixture(autouse=True)
+def inline_worker(monkeypatch):
+    """Run queued work synchronously, as the worker would."""
+    monkeypatch.setattr(tasks.process_job, "delay", lambda job_id: services.process_job(job_id))
+    monkeypatch.setattr(
+        tasks.send_job_notification, "delay", lambda job_id: services.send_job_notification(job_id)
+    )
+
+
+def client_for(username: str) -> APIClient:
+    user = get_user_model().objects.create_user(username, f"{username}@example.com", "pw-123456!")
+    client = APIClient()
+    client.force_authenticate(user)
+    return client
+
+
+def upload(client: APIClient, path: Path, preset: str = "podcast", name: str | None = None):
+    with path.open("rb") as f:
+        data = io.BytesIO(f.read())
+    data.name = name or path.name
+    return client.post("/api/jobs/", {"file": data, "preset": preset}, format="multipart")
+
+
+def test_presets_are_listed(tmp_path) -> None:
+    response = client_for("p").get("/api/presets/")
+    names = {p["name"]: p for p in response.json()}
+    assert names["podcast"]["target_lufs"] == -16 and names["broadcast"]["target_lufs"] == -23
+    assert names["streaming"]["target_lufs"] == -14
+    assert set(names["podcast"]["formats"]) == {"mp3", "aac", "opus"}
+
+
+def test_upload_process_and_download(tmp_path, mailoutbox) -> None:
+    client = client_for("alice")
+    source = signals.write(tmp_path / "voice.flac", signals.program(8), "flac")
+    response = upload(client, source)
+    assert response.status_code == 202, response.content
+    job = client.get(f"/api/jobs/{response.json()['id']}/").json()
+    assert job["status"] == "done", job
+    assert job["progress"] == 100
+    assert job["source_metadata"]["codec"] == "flac"
+    assert job["loudness_before"]["integrated_lufs"] is not None
+    assert {r["format"] for r in job["renditions"]} == {"mp3", "aac", "opus"}
+    for fmt, loudness in job["loudness_after"].items():
+        assert abs(loudness["integrated_lufs"] + 16) <= 1, fmt
+        assert loudness["true_peak_dbtp"] <= -1, fmt
+    rendition = client.get(job["renditions"][0]["download_url"])
+    assert rendition.status_code == 200
+    assert rendition["X-Accel-Redirect"].startswith(f"/protected-media/jobs/{job['id']}/rendition.")
+    for kind in ("json", "dat", "png"):
+        response = client.get(job["waveform"][kind])
+        assert response["X-Accel-Redirect"] == f"/protected-media/jobs/{job['id']}/waveform.{kind}"
+    assert len(mailoutbox) == 1 and "is ready" in mailoutbox[0].subject
+    assert mailoutbox[0].alternatives  # an HTML part too
+
+
+@pytest.mark.parametrize("case", sorted(corpus.CORPUS))
+def test_bad_input_corpus(tmp_path, case, media_root) -> None:
+    maker, outcome, reason = corpus.CORPUS[case]
+    client = client_for("mallory")
+    response = upload(client, maker(tmp_path))
+    if outcome == "400":
+        assert response.status_code == 400, response.content
+        assert reason in response.json()["detail"]
+        assert Job.objects.count() == 0
+        assert not list(Path(media_root).glob("jobs/*/*"))
+        return
+    assert response.status_code == 202, response.content
+    job = client.get(f"/api/jobs/{response.json()['id']}/").json()
+    assert job["status"] == outcome, job
+    if outcome == "failed":
+        assert reason in job["error"]
+    else:
+        notes = " ".join(r["note"] for r in job["renditions"])
+        assert reason in notes
+    # Every file the job wrote is inside its own folder.
+    written = {p.parent.name for p in Path(media_root).rglob("*") if p.is_file()}
+    assert written <= {job["id"]}
+
+
+def test_unsafe_file_names_never_reach_the_disk(tmp_path, media_root) -> None:
+    client = client_for("bob")
+    source = signals.write(tmp_path / "a.wav", signals.tone(1))
+    for name in ["../../etc/passwd.wav", "..\\..\\boot.ini", "\u202egnp.wav", "名前 🎵.wav"]:
+        response = upload(client, source, name=name)
+        assert response.status_code == 202
+        job = Job.objects.get(pk=response.json()["id"])
+        assert "\u202e" not in job.original_name
+        assert sorted(p.name for p in job.directory.iterdir())[0].startswith("rendition")
+        assert job.directory.parent == Path(media_root) / "jobs"
+
+
+def test_size_cap_and_unknown_preset(tmp_path, settings) -> None:
+    client = client_for("carol")
+    source = signals.write(tmp_path / "a.wav", signals.tone(2))
+    settings.UPLOAD_MAX_BYTES = 1000
+    settings.UPLOAD_MAX_MB = 0
+    assert upload(client, source).status_code == 413
+    settings.UPLOAD_MAX_BYTES = 10**9
+    response = upload(client, source, preset="loud")
+    assert response.status_code == 400 and "preset" in response.json()
+
+
+def test_list_filter_cancel_rerun_delete(tmp_path) -> None:
+    client = client_for("dave")
+    source = signals.write(tmp_path / "a.wav", signals.tone(2, -20))
+    job_id = upload(client, source).json()["id"]
+    listing = client.get("/api/jobs/?status=done").json()
+    assert [j["id"] for j in listing["results"]] == [job_id]
+    assert client.get("/api/jobs/?status=failed").json()["results"] == []
+    assert client.post(f"/api/jobs/{job_id}/cancel/").status_code == 409  # already done
+    rerun = client.post(f"/api/jobs/{job_id}/rerun/")
+    assert rerun.status_code == 202
+    assert client.get(f"/api/jobs/{job_id}/").json()["status"] == "done"
+    directory = Job.objects.get(pk=job_id).directory
+    assert client.delete(f"/api/jobs/{job_id}/").status_code == 204
+    assert not directory.exists()
+    assert client.get(f"/api/jobs/{job_id}/").status_code == 404
+
+
+def test_nobody_reaches_another_users_jobs(tmp_path) -> None:
+    owner, intruder = client_for("owner"), client_for("intruder")
+    source = signals.write(tmp_path / "a.wav", signals.tone(2))
+    job_id = upload(owner, source).json()["id"]
+    job = owner.get(f"/api/jobs/{job_id}/").json()
+    urls = [
+        ("get", f"/api/jobs/{job_id}/"),
+        ("delete", f"/api/jobs/{job_id}/"),
+        ("post", f"/api/jobs/{job_id}/cancel/"),
+        ("post", f"/api/jobs/{job_id}/rerun/"),
+        *[("get", r["download_url"]) for r in job["renditions"]],
+        *[("get", url) for url in job["waveform"].values()],
+    ]
+    for method, url in urls:
+        response = getattr(intruder, method)(url)
+        assert response.status_code == 404, (method, url, response.status_code)
+    assert intruder.get("/api/jobs/").json()["results"] == []
+    assert owner.get(f"/api/jobs/{job_id}/").status_code == 200
+
+
+def test_anonymous_is_refused_and_schema_is_served() -> None:
+    anonymous = APIClient()
+    assert anonymous.get("/api/jobs/").status_code == 401
+    schema = anonymous.get("/api/schema/")
+    assert schema.status_code == 200 and b"/api/jobs/" in schema.content
+    assert anonymous.get("/api/docs/").status_code == 200
+
+
+def test_signup_and_token(tmp_path) -> None:
+    anonymous = APIClient()
+    weak = anonymous.post(
+        "/api/auth/signup/", {"username": "eve", "email": "e@x.io", "password": "123"}
+    )
+    assert weak.status_code == 400
+    created = anonymous.post(
+        "/api/auth/signup/", {"username": "erin", "email": "e@x.io", "password": "correct-horse-9"}
+    )
+    assert created.status_code == 201
+    token = anonymous.post("/api/auth/token/", {"username": "erin", "password": "correct-horse-9"})
+    assert token.json()["token"] == created.json()["token"]
+    authed = APIClient(HTTP_AUTHORIZATION=f"Token {token.json()['token']}")
+    assert authed.get("/api/jobs/").status_code == 200
