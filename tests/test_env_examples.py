@@ -17,7 +17,7 @@ NOT_USER_FACING = {
     "NGINX_PUBLIC_HTTPS_PORT", "WEB_UPSTREAM", "FLOWER_UPSTREAM", "STATIC_ROOT", "MEDIA_ROOT",
     "ACME_ROOT", "TLS_CERT", "TLS_KEY", "WEB_BIND", "FLOWER_BIND", "FLOWER_PORT",
     "REDIS_BROKER_PORT", "REDIS_CACHE_PORT", "DATABASE_APPLICATION_NAME", "DATABASE_TEST_NAME",
-    "RUN_RELEASE", "CELERY_QUEUES", "CELERY_DATABASE_CONN_MAX_AGE",
+    "RUN_RELEASE", "NGINX_RELOAD_INTERVAL", "CELERY_QUEUES", "CELERY_DATABASE_CONN_MAX_AGE",
 }  # fmt: skip
 
 
@@ -26,7 +26,7 @@ def read_variables() -> set[str]:
     settings = (REPO_DIR / "app" / "core" / "settings.py").read_text()
     names |= set(re.findall(r'env\.\w+\(\s*"([A-Z][A-Z0-9_]+)"', settings))
     for script in (REPO_DIR / "deployments" / "compose").rglob("*"):
-        if script.is_file() and script.suffix != ".conf":
+        if script.is_file() and script.suffix != ".conf" and script.name != "Dockerfile":
             text = script.read_text()
             names |= set(re.findall(r"\$\{([A-Z][A-Z0-9_]+)", text))
             names |= set(re.findall(r"environ\.get\(\s*\"([A-Z][A-Z0-9_]+)\"", text))
