@@ -2,12 +2,17 @@ import os
 import ssl
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from email import policy
+from email.message import EmailMessage
+from email.parser import BytesParser
 from pathlib import Path
 
 import httpx
 import pytest
+from aiosmtpd.controller import Controller
 
 import stack
 from tests.stack_env import REPO_DIR, STACK_ENV
@@ -77,6 +82,37 @@ def native_stack() -> Iterator[NativeStack]:
 @pytest.fixture(scope="session")
 def django_db_setup(native_stack: NativeStack, django_db_setup: None) -> None:
     """The Django test database lives on the test stack's PostgreSQL."""
+
+
+class SmtpSink:
+    """A real SMTP server (aiosmtpd) that keeps what it receives."""
+
+    def __init__(self) -> None:
+        self.messages: list[EmailMessage] = []
+
+    async def handle_DATA(self, server: object, session: object, envelope: object) -> str:
+        message = BytesParser(policy=policy.default).parsebytes(envelope.content)
+        self.messages.append(message)
+        return "250 OK"
+
+    def wait_for(self, predicate, timeout: float = 60) -> EmailMessage:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for message in self.messages:
+                if predicate(message):
+                    return message
+            time.sleep(0.2)
+        raise AssertionError(f"no such email; got {[m['subject'] for m in self.messages]}")
+
+
+@pytest.fixture(scope="session")
+def smtp_sink() -> Iterator[SmtpSink]:
+    host, port = STACK_ENV["EMAIL_URL"].removeprefix("smtp://").split(":")
+    sink = SmtpSink()
+    controller = Controller(sink, hostname=host, port=int(port))
+    controller.start()
+    yield sink
+    controller.stop()
 
 
 @pytest.fixture(scope="session")

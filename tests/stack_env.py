@@ -24,6 +24,8 @@ TEST_STACK_OVERRIDES = {
     "NGINX_HTTP_PORT": "9080",
     "NGINX_HTTPS_PORT": "9443",
     "UPLOAD_MAX_MB": "2",  # small, so the body-size limit is cheap to test
+    "EMAIL_URL": "smtp://127.0.0.1:58025",  # the SMTP sink the tests run (tests/conftest.py)
+    "AUDIO_MAX_DURATION_S": "600",
 }
 for _key in [k for k in os.environ if k.startswith("STACK_")]:
     del os.environ[_key]

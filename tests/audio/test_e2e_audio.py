@@ -1,0 +1,94 @@
+"""The audio workload end to end through the running native stack: nginx/TLS -> web ->
+PgBouncer -> PostgreSQL; the real Celery worker; files through X-Accel-Redirect; real SMTP."""
+
+import time
+import uuid
+from pathlib import Path
+
+import httpx
+import pytest
+
+from audio.processing import media
+from tests.audio import corpus, signals
+from tests.conftest import NativeStack
+
+pytestmark = pytest.mark.e2e
+
+
+def signup(client: httpx.Client, name: str) -> dict[str, str]:
+    username = f"{name}-{uuid.uuid4().hex[:8]}"
+    response = client.post("/api/auth/signup/", json={
+        "username": username, "email": f"{username}@example.com", "password": "correct-horse-42",
+    })  # fmt: skip
+    assert response.status_code == 201, response.text
+    return {"Authorization": f"Token {response.json()['token']}"}
+
+
+def upload(client: httpx.Client, auth: dict[str, str], path: Path, preset: str = "podcast"):
+    with path.open("rb") as f:
+        return client.post("/api/jobs/", headers=auth, data={"preset": preset},
+                           files={"file": (path.name, f)})  # fmt: skip
+
+
+def wait_finished(client: httpx.Client, auth: dict[str, str], job_id: str) -> dict:
+    deadline = time.monotonic() + 180
+    seen = set()
+    while time.monotonic() < deadline:
+        job = client.get(f"/api/jobs/{job_id}/", headers=auth).json()
+        seen.add((job["status"], job["phase"]))
+        if job["status"] in {"done", "failed", "canceled"}:
+            job["seen"] = seen
+            return job
+        time.sleep(0.3)
+    raise AssertionError(f"job {job_id} did not finish: {seen}")
+
+
+def test_upload_to_download_through_the_stack(
+    native_stack: NativeStack, smtp_sink, tmp_path
+) -> None:
+    with native_stack.client() as client:
+        auth = signup(client, "alice")
+        source = signals.write(tmp_path / "episode.m4a", signals.program(20), "m4a")
+        response = upload(client, auth, source)
+        assert response.status_code == 202, response.text
+        job = wait_finished(client, auth, response.json()["id"])
+        assert job["status"] == "done", job
+        assert any(status == "processing" for status, _ in job["seen"]) or job["progress"] == 100
+        for rendition in job["renditions"]:
+            download = client.get(rendition["download_url"], headers=auth)
+            assert download.status_code == 200
+            assert download.headers["content-type"] == rendition["content_type"]
+            assert "attachment" in download.headers["content-disposition"]
+            assert "strict-transport-security" in download.headers
+            path = tmp_path / f"got.{rendition['format']}"
+            path.write_bytes(download.content)
+            measured = media.analyse(path, waveform=False).loudness
+            assert abs(measured.integrated_lufs + 16) <= 1.0
+            assert measured.true_peak_dbtp <= -1.0
+        peaks = client.get(job["waveform"]["json"], headers=auth).json()
+        assert peaks["version"] == 2 and peaks["length"] > 100
+        png = client.get(job["waveform"]["png"], headers=auth)
+        assert png.content.startswith(b"\x89PNG")
+        # The files themselves are not reachable without Django's permission check.
+        direct = client.get(f"/protected-media/jobs/{job['id']}/rendition.mp3")
+        assert direct.status_code == 404
+        intruder = signup(client, "mallory")
+        stolen = client.get(job["renditions"][0]["download_url"], headers=intruder)
+        assert stolen.status_code == 404
+    email = smtp_sink.wait_for(lambda m: "episode.m4a" in m["subject"] and "ready" in m["subject"])
+    assert email.get_body(("html",)) is not None
+    assert job["id"] in email.get_body(("plain",)).get_content()
+
+
+def test_a_bad_file_fails_with_a_reason_and_an_email(native_stack, smtp_sink, tmp_path) -> None:
+    with native_stack.client() as client:
+        auth = signup(client, "bob")
+        response = upload(client, auth, corpus.nan_samples(tmp_path))
+        assert response.status_code == 202
+        job = wait_finished(client, auth, response.json()["id"])
+        assert job["status"] == "failed" and "NaN" in job["error"]
+        rejected = upload(client, auth, corpus.ffconcat_as_wav(tmp_path))
+        assert rejected.status_code == 400
+        assert "not a supported audio format" in rejected.json()["detail"]
+    smtp_sink.wait_for(lambda m: "could not be processed" in m["subject"])
+    assert "Traceback" not in native_stack.log("celery_worker")
