@@ -10,7 +10,7 @@ PYTHON := $(shell command -v python$$(cat .python-version) 2>/dev/null)
 STACK := .venv/bin/python deployments/native/stack.py
 # Commands the native stack runs, and the Debian packages that provide them.
 SYSTEM_COMMANDS := postgres:postgresql pgbouncer:pgbouncer redis-server:redis-server nginx:nginx-light \
-	envsubst:gettext-base curl:curl psql:postgresql-client openssl:openssl wrk:wrk espeak-ng:espeak-ng
+	envsubst:gettext-base curl:curl psql:postgresql-client openssl:openssl wrk:wrk espeak-ng:espeak-ng chromium:chromium
 
 .PHONY: help up down restart ps logs test test-containers lint bench manage system-deps clean
 

@@ -5,10 +5,10 @@ from django.contrib.auth.models import AbstractBaseUser
 from rest_framework import permissions, serializers, status
 from rest_framework.authtoken.models import Token
 from rest_framework.authtoken.views import ObtainAuthToken
+from rest_framework.generics import GenericAPIView
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.throttling import AnonRateThrottle
-from rest_framework.views import APIView
 
 
 class LoginThrottle(AnonRateThrottle):
@@ -34,12 +34,13 @@ class SignupSerializer(serializers.Serializer):
         return get_user_model().objects.create_user(**data)
 
 
-class Signup(APIView):
+class Signup(GenericAPIView):
     permission_classes = [permissions.AllowAny]
     throttle_classes = [LoginThrottle]
+    serializer_class = SignupSerializer
 
     def post(self, request: Request) -> Response:
-        serializer = SignupSerializer(data=request.data)
+        serializer = self.get_serializer(data=request.data)
         serializer.is_valid(raise_exception=True)
         user = serializer.save()
         token, _ = Token.objects.get_or_create(user=user)

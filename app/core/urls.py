@@ -3,9 +3,13 @@ from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
 from accounts import api as accounts_api
+from accounts import views as accounts_views
 
 urlpatterns = [
     path("", include("health.urls")),
+    path("", include("audio.web_urls")),
+    path("accounts/signup/", accounts_views.signup, name="signup"),
+    path("accounts/", include("django.contrib.auth.urls")),
     path("api/", include("audio.urls")),
     path("api/auth/signup/", accounts_api.Signup.as_view(), name="api-signup"),
     path("api/auth/token/", accounts_api.ObtainToken.as_view(), name="api-token"),
