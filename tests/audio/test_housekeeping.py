@@ -136,3 +136,18 @@ def test_pages_need_login_and_show_only_own_jobs(user, tmp_path, settings) -> No
     assert str(mine.pk) in page.text and str(theirs.pk) not in page.text
     assert client.get(f"/jobs/{theirs.pk}/").status_code == 404
     assert client.get(f"/jobs/{mine.pk}/").status_code == 200
+
+
+def test_admin_lists_jobs_with_filters_and_actions(user, tmp_path, settings, queued) -> None:
+    admin = get_user_model().objects.create_superuser("root", "root@example.com", "pw-123456!")
+    job = make_job(user, tmp_path, settings, status="done", finished_at=timezone.now())
+    client = Client()
+    client.force_login(admin)
+    page = client.get("/admin/audio/job/?status__exact=done&q=a.wav")
+    assert page.status_code == 200 and str(job.pk) in page.text
+    assert 'value="rerun"' in page.text and 'value="cancel"' in page.text
+    response = client.post("/admin/audio/job/", {"action": "rerun", "_selected_action": [job.pk]})
+    assert response.status_code == 302
+    job.refresh_from_db()
+    assert job.status == "queued" and queued == [str(job.pk)]
+    assert client.get("/admin/django_celery_beat/periodictask/").status_code == 200
