@@ -815,7 +815,9 @@ def write_json(
             "presets": [p.name for p in presets],
         },
         "methods": METHOD_LABELS,
-        "loudnorm_command_example": [Path(a).name if a == FFMPEG else a for a in example],
+        "loudnorm_command_example": [
+            Path(a).name if a in (FFMPEG, str(sources[0].path)) else a for a in example
+        ],
         "presets": [p.as_dict() for p in presets],
         "formats": {name: list(f.codec_args) for name, f in encode.FORMATS.items()},
         "sources": [s.as_dict() for s in sources],

@@ -26,6 +26,9 @@ TEST_STACK_OVERRIDES = {
     "UPLOAD_MAX_MB": "2",  # small, so the body-size limit is cheap to test
     "EMAIL_URL": "smtp://127.0.0.1:58025",  # the SMTP sink the tests run (tests/conftest.py)
     "AUDIO_MAX_DURATION_S": "600",
+    # The suite signs up many users from one address; the limit itself is still tested.
+    "NGINX_LOGIN_RATE": "60r/m",
+    "NGINX_LOGIN_BURST": "10",
 }
 for _key in [k for k in os.environ if k.startswith("STACK_")]:
     del os.environ[_key]

@@ -6,6 +6,7 @@ import uuid
 from pathlib import Path
 
 import httpx
+import psycopg
 import pytest
 
 from audio.processing import media
@@ -92,3 +93,15 @@ def test_a_bad_file_fails_with_a_reason_and_an_email(native_stack, smtp_sink, tm
         assert "not a supported audio format" in rejected.json()["detail"]
     smtp_sink.wait_for(lambda m: "could not be processed" in m["subject"])
     assert "Traceback" not in native_stack.log("celery_worker")
+
+
+def test_beat_schedules_are_in_the_database_for_operators(native_stack: NativeStack) -> None:
+    with psycopg.connect(native_stack.env["DATABASE_DIRECT_URL"]) as conn:
+        rows = dict(conn.execute(
+            "SELECT task, enabled FROM django_celery_beat_periodictask WHERE task LIKE 'audio.%'"
+        ).fetchall())  # fmt: skip
+    assert rows == {
+        "audio.recover_stuck_jobs": True,
+        "audio.purge_expired_files": True,
+        "audio.send_daily_summary": True,
+    }

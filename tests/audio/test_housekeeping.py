@@ -9,7 +9,6 @@ from django.core import mail
 from django.core.cache import cache
 from django.test import Client
 from django.utils import timezone
-from django_celery_beat.models import PeriodicTask
 from rest_framework.test import APIClient
 
 from accounts.api import LoginThrottle
@@ -38,15 +37,6 @@ def make_job(user, tmp_path, settings, **fields) -> Job:
     job.directory.mkdir(parents=True)
     job.source_path.write_bytes(b"x")
     return job
-
-
-def test_schedules_are_in_the_database_for_operators() -> None:
-    tasks_by_name = dict(PeriodicTask.objects.values_list("task", "enabled"))
-    assert tasks_by_name == {
-        "audio.recover_stuck_jobs": True,
-        "audio.purge_expired_files": True,
-        "audio.send_daily_summary": True,
-    } | {k: v for k, v in tasks_by_name.items() if k.startswith("celery.")}
 
 
 def test_purge_removes_files_of_expired_jobs_only(user, tmp_path, settings) -> None:
