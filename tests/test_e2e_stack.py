@@ -58,6 +58,29 @@ def server_connections(env: dict[str, str]) -> int:
     return count
 
 
+class PeakSessions:
+    """Samples, in the background, the most sessions PostgreSQL sees at once on the app's DB."""
+
+    def __init__(self, env: dict[str, str]) -> None:
+        self.env = env
+        self.peak = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample)
+
+    def _sample(self) -> None:
+        while not self._stop.is_set():
+            self.peak = max(self.peak, server_connections(self.env))
+            time.sleep(0.05)
+
+    def __enter__(self) -> "PeakSessions":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
 def test_readyz_through_nginx_over_tls(native_stack: NativeStack) -> None:
     with native_stack.client() as client:
         response = client.get("/readyz")
@@ -179,14 +202,6 @@ def test_postgres_never_sees_more_than_the_pool_under_200_direct_clients(
     env = native_stack.env
     pool_size = int(pgbouncer_config(env)["default_pool_size"])
     errors: list[str] = []
-    peak = 0
-    stop = threading.Event()
-
-    def sample() -> None:
-        nonlocal peak
-        while not stop.is_set():
-            peak = max(peak, server_connections(env))
-            time.sleep(0.05)
 
     def client() -> None:
         try:
@@ -199,30 +214,20 @@ def test_postgres_never_sees_more_than_the_pool_under_200_direct_clients(
         except Exception as exc:
             errors.append(repr(exc))
 
-    sampler = threading.Thread(target=sample)
-    sampler.start()
-    threads = [threading.Thread(target=client) for _ in range(200)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    stop.set()
-    sampler.join()
+    with PeakSessions(env) as sessions:
+        threads = [threading.Thread(target=client) for _ in range(200)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
     assert errors == []
+    peak = sessions.peak
     assert 1 <= peak <= pool_size, f"PostgreSQL saw {peak} sessions, pool is {pool_size}"
 
 
 def test_200_concurrent_clients_on_a_db_endpoint_through_nginx(native_stack: NativeStack) -> None:
     env = native_stack.env
     pool_size = int(pgbouncer_config(env)["default_pool_size"])
-    peak = 0
-    stop = threading.Event()
-
-    def sample() -> None:
-        nonlocal peak
-        while not stop.is_set():
-            peak = max(peak, server_connections(env))
-            time.sleep(0.05)
 
     async def hammer() -> list[int]:
         limits = httpx.Limits(max_connections=200, max_keepalive_connections=200)
@@ -241,16 +246,11 @@ def test_200_concurrent_clients_on_a_db_endpoint_through_nginx(native_stack: Nat
             results = await asyncio.gather(*(one_client() for _ in range(200)))
         return [code for codes in results for code in codes]
 
-    sampler = threading.Thread(target=sample)
-    sampler.start()
-    try:
+    with PeakSessions(env) as sessions:
         codes = asyncio.run(hammer())
-    finally:
-        stop.set()
-        sampler.join()
     assert len(codes) == 600
     assert codes.count(200) == 600, {code: codes.count(code) for code in set(codes)}
-    assert 1 <= peak <= pool_size
+    assert 1 <= sessions.peak <= pool_size
 
 
 def test_readyz_503_while_pgbouncer_is_down_then_recovers_without_restarting_web(

@@ -12,6 +12,14 @@ from tests.stack_env import REPO_DIR, STACK_ENV
 ENTRYPOINT = REPO_DIR / "deployments" / "compose" / "django" / "entrypoint"
 
 
+# Dependencies the machine itself runs (platform notes), unless a test points one elsewhere.
+MACHINE_SERVICES = {
+    "DATABASE_URL": "postgres://postgres@127.0.0.1:5432/postgres",
+    "CELERY_BROKER_URL": "redis://127.0.0.1:6379/0",
+    "CACHE_URL": "redis://127.0.0.1:6379/1",
+}
+
+
 def closed_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -27,15 +35,7 @@ def closed_port() -> int:
 )
 def test_entrypoint_gives_up_naming_the_dependency(variable: str, url: str, name: str) -> None:
     port = closed_port()
-    env = {
-        **STACK_ENV,
-        # A database the machine certainly answers, unless it is the one under test.
-        "DATABASE_URL": "postgres://postgres@127.0.0.1:5432/postgres",
-        "CELERY_BROKER_URL": "redis://127.0.0.1:6379/0",
-        "CACHE_URL": "redis://127.0.0.1:6379/1",
-        variable: url.format(port=port),
-        "WAIT_TIMEOUT": "3",
-    }
+    env = {**STACK_ENV, **MACHINE_SERVICES, variable: url.format(port=port), "WAIT_TIMEOUT": "3"}
     started = time.monotonic()
     result = subprocess.run(
         [str(ENTRYPOINT), "echo", "started"],
@@ -56,12 +56,7 @@ def test_entrypoint_gives_up_naming_the_dependency(variable: str, url: str, name
 
 
 def test_entrypoint_runs_the_command_when_dependencies_answer() -> None:
-    env = {
-        **STACK_ENV,
-        "DATABASE_URL": "postgres://postgres@127.0.0.1:5432/postgres",
-        "CELERY_BROKER_URL": "redis://127.0.0.1:6379/0",
-        "CACHE_URL": "redis://127.0.0.1:6379/1",
-    }
+    env = {**STACK_ENV, **MACHINE_SERVICES}
     result = subprocess.run(
         [str(ENTRYPOINT), "echo", "started"],
         env=env,
