@@ -91,11 +91,12 @@ def render(
         overshoot = (measured.true_peak_dbtp or -math.inf) - ceiling_dbtp
         if abs(error) <= SETTLE_LU and overshoot <= 0:
             break
-        # Lossy encoders and the limiter's sample-peak view push true peaks up; loud limiting
-        # pulls loudness down. Correct both and encode again.
+        # Lossy encoders and the limiter's sample-peak view push true peaks up: the ceiling
+        # comes first (more gain would push them further). Then loud limiting pulls loudness
+        # down: add the missing gain.
         if overshoot > 0:
             limit -= overshoot + 0.3
-        if abs(error) > SETTLE_LU:
+        elif abs(error) > SETTLE_LU:
             gain += error
     loud_ok = (
         measured.integrated_lufs is not None
