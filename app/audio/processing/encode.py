@@ -82,10 +82,13 @@ def render(
         measured = analyse(dest, limits, waveform=False).loudness
         return Rendition(fmt, dest, measured, 0.0, False, "silent: nothing to normalise")
     limit = ceiling_dbtp - 0.5
+    attempts: list[tuple[Path, Loudness, float]] = []
     for attempt in range(1, MAX_ATTEMPTS + 1):
-        _ffmpeg(source, demuxer_name(analysis), dest, fmt, gain_db=gain, limit_dbfs=limit)
-        measured = analyse(dest, limits, waveform=False).loudness
-        if measured.integrated_lufs is None or attempt == MAX_ATTEMPTS:
+        path = dest.with_name(f"{dest.stem}.try{attempt}{dest.suffix}")
+        _ffmpeg(source, demuxer_name(analysis), path, fmt, gain_db=gain, limit_dbfs=limit)
+        measured = analyse(path, limits, waveform=False).loudness
+        attempts.append((path, measured, gain))
+        if measured.integrated_lufs is None:
             break
         error = target_lufs - measured.integrated_lufs
         overshoot = (measured.true_peak_dbtp or -math.inf) - ceiling_dbtp
@@ -98,6 +101,12 @@ def render(
             limit -= overshoot + 0.3
         elif abs(error) > SETTLE_LU:
             gain += error
+    # Deliver the attempt that keeps both promises and is closest to the target; failing
+    # that, the one nearest to keeping them.
+    path, measured, gain = min(attempts, key=lambda a: _miss(a[1], target_lufs, ceiling_dbtp))
+    path.replace(dest)
+    for other, _, _ in attempts:
+        other.unlink(missing_ok=True)
     loud_ok = (
         measured.integrated_lufs is not None
         and abs(measured.integrated_lufs - target_lufs) <= LOUDNESS_TOLERANCE_LU
@@ -117,6 +126,16 @@ def render(
             f"{ceiling_dbtp:.0f} dBTP ceiling"
         )
     return Rendition(fmt, dest, measured, gain, loud_ok and peak_ok, note)
+
+
+def _miss(loudness: Loudness, target_lufs: float, ceiling_dbtp: float) -> tuple[float, float]:
+    """How far a rendition is from its promises: (broken promises, distance to the target)."""
+    if loudness.integrated_lufs is None:
+        return (math.inf, math.inf)
+    error = abs(loudness.integrated_lufs - target_lufs)
+    overshoot = max((loudness.true_peak_dbtp or -math.inf) - ceiling_dbtp, 0.0)
+    broken = max(error - LOUDNESS_TOLERANCE_LU, 0.0) + overshoot
+    return (broken, error)
 
 
 def _ffmpeg(
