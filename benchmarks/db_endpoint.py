@@ -43,12 +43,12 @@ WRK_THREADS = 2
 #: The benchmark stack: its own state folder and ports (var/ and var/test belong to others).
 BENCH_OVERRIDES = {
     "STACK_DIR": str(REPO_DIR / "var" / "bench"),
-    "POSTGRES_PORT": "55632",
-    "PGBOUNCER_PORT": "56632",
-    "REDIS_BROKER_PORT": "56579",
-    "REDIS_CACHE_PORT": "56580",
-    "WEB_PORT": "58200",
-    "FLOWER_PORT": "55755",
+    "POSTGRES_PORT": "25632",
+    "PGBOUNCER_PORT": "26632",
+    "REDIS_BROKER_PORT": "26579",
+    "REDIS_CACHE_PORT": "26580",
+    "WEB_PORT": "28200",
+    "FLOWER_PORT": "25755",
     "NGINX_HTTP_PORT": "9180",
     "NGINX_HTTPS_PORT": "9543",
 }

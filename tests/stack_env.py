@@ -15,16 +15,16 @@ import stack  # noqa: E402
 
 TEST_STACK_OVERRIDES = {
     "STACK_DIR": str(REPO_DIR / "var" / "test"),
-    "POSTGRES_PORT": "55532",
-    "PGBOUNCER_PORT": "56532",
-    "REDIS_BROKER_PORT": "56479",
-    "REDIS_CACHE_PORT": "56480",
-    "WEB_PORT": "58100",
-    "FLOWER_PORT": "55655",
+    "POSTGRES_PORT": "25532",
+    "PGBOUNCER_PORT": "26532",
+    "REDIS_BROKER_PORT": "26479",
+    "REDIS_CACHE_PORT": "26480",
+    "WEB_PORT": "28100",
+    "FLOWER_PORT": "25655",
     "NGINX_HTTP_PORT": "9080",
     "NGINX_HTTPS_PORT": "9443",
     "UPLOAD_MAX_MB": "2",  # small, so the body-size limit is cheap to test
-    "EMAIL_URL": "smtp://127.0.0.1:58025",  # the SMTP sink the tests run (tests/conftest.py)
+    "EMAIL_URL": "smtp://127.0.0.1:28025",  # the SMTP sink the tests run (tests/conftest.py)
     "AUDIO_MAX_DURATION_S": "600",
     # The suite signs up many users from one address; the limit itself is still tested.
     "NGINX_LOGIN_RATE": "60r/m",

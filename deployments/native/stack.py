@@ -326,6 +326,10 @@ def check_ports(env: dict[str, str], services: list[Service]) -> None:
         if not value.isdigit():
             raise StackError(f"{variable}={value!r} is not a port number ({service.name})")
     for service, variable, value in ports:
+        # A stack stopped a moment ago may still be releasing its sockets: allow a few seconds.
+        deadline = time.monotonic() + 5
+        while not _port_free(int(value)) and time.monotonic() < deadline:
+            time.sleep(0.2)
         if not _port_free(int(value)):
             raise StackError(
                 f"port {value} ({variable}, for {service.name}) is already in use by another "

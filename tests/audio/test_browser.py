@@ -62,6 +62,10 @@ def test_upload_and_follow_a_job_in_the_browser(native_stack: NativeStack, tmp_p
         assert tag_cell.locator("img").count() == 0  # ...never as markup
         assert page.title() != "pwned"
         page.screenshot(path=str(artifacts_dir / "job-page.png"), full_page=True)
+
+        # The interactive API docs render under the site's CSP (no inline scripts).
+        page.goto(f"{native_stack.base_url}/api/docs/")
+        page.wait_for_selector(".swagger-ui .title:has-text('core audio API')", timeout=30_000)
         browser.close()
 
 
