@@ -8,23 +8,22 @@ UV_VERSION := 0.13.9
 UV := .tools/bin/uv
 PYTHON := $(shell command -v python$$(cat .python-version) 2>/dev/null)
 STACK := .venv/bin/python deployments/native/stack.py
-# Commands the native stack runs, and the Debian packages that provide them.
+# Commands the native stack runs, and the Debian packages that provide them; then what only the
+# tests need (speech for test audio, a browser for the page tests).
 SYSTEM_COMMANDS := postgres:postgresql pgbouncer:pgbouncer redis-server:redis-server nginx:nginx-light \
-	envsubst:gettext-base curl:curl psql:postgresql-client openssl:openssl wrk:wrk espeak-ng:espeak-ng chromium:chromium
+	envsubst:gettext-base curl:curl psql:postgresql-client openssl:openssl wrk:wrk
+TEST_COMMANDS := espeak-ng:espeak-ng chromium:chromium
 
-.PHONY: help up down restart ps logs test test-containers lint bench manage system-deps clean
+.PHONY: help up down restart ps logs test test-containers lint bench bench-audio manage system-deps test-deps clean
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
 
 system-deps: ## install the Debian packages the native stack runs (as root)
-	@missing=(); for pair in $(SYSTEM_COMMANDS); do cmd=$${pair%%:*}; pkg=$${pair##*:}; \
-	  if [[ $$cmd == postgres ]]; then ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 || missing+=($$pkg); \
-	  else command -v $$cmd >/dev/null || missing+=($$pkg); fi; done; \
-	if (( $${#missing[@]} )); then \
-	  if [[ $$(id -u) == 0 ]]; then echo "Installing: $${missing[*]}"; apt-get update -qq; \
-	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$${missing[@]}" >/dev/null; \
-	  else echo "Missing system packages: $${missing[*]}. Run as root: apt-get install $${missing[*]}" >&2; exit 1; fi; fi
+	deployments/native/system-packages $(SYSTEM_COMMANDS)
+
+test-deps: system-deps ## and those only the tests need
+	deployments/native/system-packages $(TEST_COMMANDS)
 
 $(UV):
 	@test -n "$(PYTHON)" || { echo "Python $$(cat .python-version) not found (see .python-version)" >&2; exit 1; }
@@ -58,7 +57,7 @@ lint: .venv/.synced ## ruff, shellcheck
 	.venv/bin/shellcheck --severity=style $$(grep -rlE '^#!(/usr/bin/env bash|/bin/sh)' deployments .ci)
 	.venv/bin/hadolint deployments/compose/*/Dockerfile
 
-test: system-deps .venv/.synced ## every suite but containers: lint, unit, integration, end-to-end
+test: test-deps .venv/.synced ## every suite but containers: lint, unit, integration, end-to-end
 	.venv/bin/python -m pytest -m "not containers" $(PYTEST_ARGS)
 
 test-containers: .venv/.synced ## build the images, run the compose stacks for real (Podman engine)
@@ -69,6 +68,9 @@ test-containers: .venv/.synced ## build the images, run the compose stacks for r
 
 bench: system-deps .venv/.synced ## benchmarks: req/s of a DB-backed endpoint, pooled vs CONN_MAX_AGE=0
 	.venv/bin/python benchmarks/db_endpoint.py
+
+bench-audio: test-deps .venv/.synced ## benchmarks: audio processing speed and accuracy vs the ffmpeg CLI
+	.venv/bin/python benchmarks/audio_speed.py
 
 clean: down ## stop the stack and delete its state (database, logs, certificates)
 	rm -rf var
