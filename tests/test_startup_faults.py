@@ -20,6 +20,13 @@ MACHINE_SERVICES = {
 }
 
 
+def run_entrypoint(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(ENTRYPOINT), "echo", "started"],
+        env=env, capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+
+
 def closed_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -37,14 +44,7 @@ def test_entrypoint_gives_up_naming_the_dependency(variable: str, url: str, name
     port = closed_port()
     env = {**STACK_ENV, **MACHINE_SERVICES, variable: url.format(port=port), "WAIT_TIMEOUT": "3"}
     started = time.monotonic()
-    result = subprocess.run(
-        [str(ENTRYPOINT), "echo", "started"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    result = run_entrypoint(env)
     elapsed = time.monotonic() - started
     assert result.returncode != 0
     assert "started" not in result.stdout
@@ -56,15 +56,7 @@ def test_entrypoint_gives_up_naming_the_dependency(variable: str, url: str, name
 
 
 def test_entrypoint_runs_the_command_when_dependencies_answer() -> None:
-    env = {**STACK_ENV, **MACHINE_SERVICES}
-    result = subprocess.run(
-        [str(ENTRYPOINT), "echo", "started"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    result = run_entrypoint({**STACK_ENV, **MACHINE_SERVICES})
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip().endswith("started")
 
