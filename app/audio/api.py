@@ -12,12 +12,10 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from . import services
-from .models import Job
+from .models import WAVEFORM_CONTENT_TYPES, Job
 from .permissions import UploadThrottle
 from .presets import PRESETS
 from .serializers import JobSerializer, UploadSerializer
-
-WAVEFORM_TYPES = {"json": "application/json", "dat": "application/octet-stream", "png": "image/png"}
 
 
 def protected_file(path, content_type: str, download_name: str | None = None) -> HttpResponse:
@@ -29,6 +27,9 @@ def protected_file(path, content_type: str, download_name: str | None = None) ->
     if download_name:
         response["Content-Disposition"] = f'attachment; filename="{download_name}"'
     return response
+
+
+WAVEFORM_KINDS = "|".join(WAVEFORM_CONTENT_TYPES)
 
 
 class PresetList(APIView):
@@ -110,9 +111,13 @@ class JobViewSet(
         return protected_file(rendition.path, rendition.content_type, name)
 
     @extend_schema(responses={(200, "application/octet-stream"): bytes})
-    @action(detail=True, methods=["get"], url_path=r"waveform\.(?P<kind>json|dat|png)")
+    @action(
+        detail=True,
+        methods=["get"],
+        url_path=rf"waveform\.(?P<kind>{'|'.join(WAVEFORM_CONTENT_TYPES)})",
+    )
     def waveform(self, request: Request, pk: str | None = None, kind: str = "") -> HttpResponse:
         job = self.get_object()
         if not job.has_waveform:
             raise Http404
-        return protected_file(job.waveform_path(kind), WAVEFORM_TYPES[kind])
+        return protected_file(job.waveform_path(kind), WAVEFORM_CONTENT_TYPES[kind])

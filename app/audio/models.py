@@ -4,6 +4,13 @@ from pathlib import Path
 from django.conf import settings
 from django.db import models
 
+# The waveform files each job gets, and how they are served.
+WAVEFORM_CONTENT_TYPES = {
+    "json": "application/json",
+    "dat": "application/octet-stream",
+    "png": "image/png",
+}
+
 
 class Job(models.Model):
     class Status(models.TextChoices):

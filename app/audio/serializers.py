@@ -1,7 +1,7 @@
 from django.urls import reverse
 from rest_framework import serializers
 
-from .models import Job, Rendition
+from .models import WAVEFORM_CONTENT_TYPES, Job, Rendition
 from .presets import PRESETS
 
 
@@ -38,7 +38,7 @@ class JobSerializer(serializers.ModelSerializer):
         request = self.context["request"]
         return {
             kind: request.build_absolute_uri(reverse("audio-api:job-waveform", args=[job.pk, kind]))
-            for kind in ("json", "dat", "png")
+            for kind in WAVEFORM_CONTENT_TYPES
         }
 
     def get_loudness_after(self, job: Job) -> dict[str, dict]:

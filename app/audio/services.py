@@ -18,7 +18,7 @@ from django.db.models import F, Q
 from django.template.loader import render_to_string
 from django.utils import timezone
 
-from .models import Job, Rendition
+from .models import WAVEFORM_CONTENT_TYPES, Job, Rendition
 from .presets import PRESETS
 from .processing import encode, image, media
 
@@ -172,7 +172,7 @@ def _run(job: Job, progress: _Progress) -> None:
     job.waveform_path("json").write_text(json.dumps(waveform.as_audiowaveform_json()))
     job.waveform_path("dat").write_bytes(waveform.as_audiowaveform_dat())
     image.render_png(waveform, job.waveform_path("png"))
-    for kind in ("json", "dat", "png"):
+    for kind in WAVEFORM_CONTENT_TYPES:
         job.waveform_path(kind).chmod(0o644)
     Job.objects.filter(pk=job.pk).update(
         source_metadata=analysis.source_metadata(),
