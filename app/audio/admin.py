@@ -1,9 +1,19 @@
+from collections.abc import Callable
+
 from django.contrib import admin, messages
 from django.db.models import QuerySet
 from django.http import HttpRequest
 
-from . import services
 from .models import Job, Rendition
+from .services import jobs as job_services
+
+
+def _applied(operation: Callable[[Job], None], job: Job) -> bool:
+    try:
+        operation(job)
+    except job_services.Refused:
+        return False
+    return True
 
 
 class RenditionInline(admin.TabularInline):
@@ -31,22 +41,22 @@ class JobAdmin(admin.ModelAdmin):
 
     @admin.action(description="Re-run the selected finished jobs")
     def rerun(self, request: HttpRequest, queryset: QuerySet[Job]) -> None:
-        done = sum(services.rerun_job(job) for job in queryset)
+        done = sum(_applied(job_services.rerun_job, job) for job in queryset)
         self.message_user(request, f"{done} of {queryset.count()} jobs queued again.",
                           messages.SUCCESS if done else messages.WARNING)  # fmt: skip
 
     @admin.action(description="Cancel the selected queued or running jobs")
     def cancel(self, request: HttpRequest, queryset: QuerySet[Job]) -> None:
-        done = sum(services.cancel_job(job) for job in queryset)
+        done = sum(_applied(job_services.cancel_job, job) for job in queryset)
         self.message_user(request, f"{done} of {queryset.count()} jobs canceled.",
                           messages.SUCCESS if done else messages.WARNING)  # fmt: skip
 
     def delete_model(self, request: HttpRequest, obj: Job) -> None:
-        services.delete_job(obj)
+        job_services.delete_job(obj)
 
     def delete_queryset(self, request: HttpRequest, queryset: QuerySet[Job]) -> None:
         for job in queryset:
-            services.delete_job(job)
+            job_services.delete_job(job)
 
 
 @admin.register(Rendition)

@@ -1,6 +1,9 @@
 """REST API for audio jobs (DRF). Every query is scoped to the requesting user: another user's
 job is a 404, never a 403."""
 
+from pathlib import Path
+
+from django.conf import settings
 from django.db.models import QuerySet
 from django.http import Http404, HttpResponse
 from drf_spectacular.utils import OpenApiParameter, extend_schema
@@ -11,25 +14,29 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from . import services
 from .models import WAVEFORM_CONTENT_TYPES, Job
-from .permissions import UploadThrottle
+from .permissions import JobActionThrottle, UploadThrottle
 from .presets import PRESETS
 from .serializers import JobSerializer, UploadSerializer
+from .services import jobs as job_services
 
 
-def protected_file(path, content_type: str, download_name: str | None = None) -> HttpResponse:
-    """Django checked the permission; nginx sends the bytes (X-Accel-Redirect, internal)."""
+def protected_file(path: Path, content_type: str, download_name: str | None = None) -> HttpResponse:
+    """Django checked the permission; nginx sends the bytes (X-Accel-Redirect to the internal
+    /protected-media/ location, which maps to MEDIA_ROOT)."""
     if not path.exists():
         raise Http404
+    relative = path.resolve().relative_to(Path(settings.MEDIA_ROOT).resolve())
     response = HttpResponse(content_type=content_type)
-    response["X-Accel-Redirect"] = services.protected_path(path)
+    response["X-Accel-Redirect"] = f"/protected-media/{relative.as_posix()}"
     if download_name:
         response["Content-Disposition"] = f'attachment; filename="{download_name}"'
     return response
 
 
-WAVEFORM_KINDS = "|".join(WAVEFORM_CONTENT_TYPES)
+def refused(exc: job_services.Refused) -> Response:
+    headers = {"Retry-After": "30"} if exc.status in (429, 507) else None
+    return Response({"detail": str(exc)}, status=exc.status, headers=headers)
 
 
 class PresetList(APIView):
@@ -48,14 +55,18 @@ class JobViewSet(
     def get_queryset(self) -> QuerySet[Job]:
         if getattr(self, "swagger_fake_view", False):  # schema generation: no user
             return Job.objects.none()
-        jobs = Job.objects.filter(owner=self.request.user).prefetch_related("renditions")
+        jobs = Job.objects.owned_by(self.request.user).prefetch_related("renditions")
         wanted = self.request.query_params.get("status")
         if wanted:
             jobs = jobs.filter(status=wanted)
         return jobs
 
     def get_throttles(self) -> list:
-        return [UploadThrottle()] if self.action == "create" else super().get_throttles()
+        if self.action == "create":
+            return [UploadThrottle()]
+        if self.action in ("cancel", "rerun"):
+            return [JobActionThrottle()]
+        return super().get_throttles()
 
     @extend_schema(
         parameters=[OpenApiParameter("status", str, enum=list(Job.Status.values))],
@@ -70,32 +81,34 @@ class JobViewSet(
         upload = UploadSerializer(data=request.data)
         upload.is_valid(raise_exception=True)
         try:
-            job = services.create_job(
+            job = job_services.create_job(
                 request.user, upload.validated_data["file"], upload.validated_data["preset"]
             )
-        except services.UploadRejected as exc:
-            return Response({"detail": str(exc)}, status=exc.status)
+        except job_services.Refused as exc:
+            return refused(exc)
         return Response(self.get_serializer(job).data, status=status.HTTP_202_ACCEPTED)
 
     def perform_destroy(self, instance: Job) -> None:
-        services.delete_job(instance)
+        job_services.delete_job(instance)
 
-    @extend_schema(request=None, responses={200: JobSerializer, 409: dict})
+    @extend_schema(request=None, responses={200: JobSerializer, 409: dict, 429: dict})
     @action(detail=True, methods=["post"])
     def cancel(self, request: Request, pk: str | None = None) -> Response:
         job = self.get_object()
-        if not services.cancel_job(job):
-            return Response({"detail": f"a {job.status} job cannot be canceled"}, status=409)
+        try:
+            job_services.cancel_job(job)
+        except job_services.Refused as exc:
+            return refused(exc)
         return Response(self.get_serializer(job).data)
 
-    @extend_schema(request=None, responses={202: JobSerializer, 409: dict})
+    @extend_schema(request=None, responses={202: JobSerializer, 409: dict, 429: dict})
     @action(detail=True, methods=["post"])
     def rerun(self, request: Request, pk: str | None = None) -> Response:
         job = self.get_object()
-        if not services.rerun_job(job):
-            return Response(
-                {"detail": "only a finished job whose files are kept can be re-run"}, status=409
-            )
+        try:
+            job_services.rerun_job(job)
+        except job_services.Refused as exc:
+            return refused(exc)
         return Response(self.get_serializer(job).data, status=status.HTTP_202_ACCEPTED)
 
     @extend_schema(responses={(200, "application/octet-stream"): bytes})

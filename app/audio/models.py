@@ -3,6 +3,7 @@ from pathlib import Path
 
 from django.conf import settings
 from django.db import models
+from django.utils import timezone
 
 # The waveform files each job gets, and how they are served.
 WAVEFORM_CONTENT_TYPES = {
@@ -12,7 +13,26 @@ WAVEFORM_CONTENT_TYPES = {
 }
 
 
+class JobQuerySet(models.QuerySet["Job"]):
+    def owned_by(self, user: object) -> "JobQuerySet":
+        """The one access rule: a user sees only their own jobs (anyone else's is a 404)."""
+        return self.filter(owner=user)
+
+    def active(self) -> "JobQuerySet":
+        return self.filter(status__in=Job.ACTIVE)
+
+    def transition(self, **fields: object) -> int:
+        """update() that stamps updated_at too (update() never touches auto_now fields)."""
+        return self.update(updated_at=timezone.now(), **fields)
+
+
 class Job(models.Model):
+    """One upload and its processing. The state machine (README, "Job state machine"):
+
+    queued(task T) -> processing(T, heartbeat) -> done | failed | canceled; a finished job may be
+    re-run (queued with a new task). Only the task named in `task_id` may claim or write a run.
+    """
+
     class Status(models.TextChoices):
         QUEUED = "queued"
         PROCESSING = "processing"
@@ -21,6 +41,7 @@ class Job(models.Model):
         CANCELED = "canceled"
 
     FINISHED = (Status.DONE, Status.FAILED, Status.CANCELED)
+    ACTIVE = (Status.QUEUED, Status.PROCESSING)
 
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
     owner = models.ForeignKey(
@@ -38,13 +59,20 @@ class Job(models.Model):
     loudness_before = models.JSONField(null=True, blank=True)
     has_waveform = models.BooleanField(default=False)
     attempts = models.PositiveSmallIntegerField(default=0)
+    # The Celery task that owns the current run ("" once the run has ended).
+    task_id = models.CharField(max_length=64, blank=True, default="")
+    queued_at = models.DateTimeField(null=True, blank=True)
     created_at = models.DateTimeField(auto_now_add=True, db_index=True)
     updated_at = models.DateTimeField(auto_now=True)
     started_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
     heartbeat_at = models.DateTimeField(null=True, blank=True)
     notified_at = models.DateTimeField(null=True, blank=True)
+    # A lease: the notification task sending the email (a crashed sender's lease expires).
+    notification_claimed_at = models.DateTimeField(null=True, blank=True)
     files_purged_at = models.DateTimeField(null=True, blank=True)
+
+    objects = JobQuerySet.as_manager()
 
     class Meta:
         ordering = ["-created_at"]
@@ -64,6 +92,10 @@ class Job(models.Model):
 
     def waveform_path(self, kind: str) -> Path:
         return self.directory / f"waveform.{kind}"
+
+    def run_directory(self, task_id: str) -> Path:
+        """A run's private working directory; its files move into place only when it commits."""
+        return self.directory / f"run-{task_id}"
 
     @property
     def is_finished(self) -> bool:

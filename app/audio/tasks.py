@@ -1,12 +1,11 @@
-"""Celery tasks: thin wrappers around audio.services."""
+"""Celery tasks: thin wrappers around audio.services (HackSoft style: services import these tasks
+at the top, so each task imports its service inside its body)."""
 
 from typing import Any
 
 from celery import Task, shared_task
 from celery.exceptions import SoftTimeLimitExceeded
 from django.db import InterfaceError, OperationalError
-
-from . import services
 
 # Failures worth another try: the database or the broker blinked.
 TRANSIENT = (OperationalError, InterfaceError, ConnectionError, TimeoutError)
@@ -16,6 +15,8 @@ class JobTask(Task):
     def on_failure(
         self, exc: BaseException, task_id: str, args: Any, kwargs: Any, einfo: Any
     ) -> None:
+        from .services import pipeline
+
         job_id = args[0] if args else kwargs.get("job_id")
         if isinstance(exc, SoftTimeLimitExceeded):
             reason = "processing took longer than the time limit"
@@ -23,10 +24,11 @@ class JobTask(Task):
             reason = "a temporary problem persisted; please re-run the job"
         else:
             reason = f"internal error while processing (reference {task_id})"
-        services.fail_job(job_id, reason)
+        pipeline.fail_run(job_id, task_id, reason)
 
 
 @shared_task(
+    bind=True,
     base=JobTask,
     name="audio.process_job",
     autoretry_for=TRANSIENT,
@@ -35,33 +37,53 @@ class JobTask(Task):
     retry_jitter=True,
     max_retries=4,
 )
-def process_job(job_id: str) -> None:
-    services.process_job(job_id)
+def process_job(self: Task, job_id: str) -> None:
+    from .services import pipeline
+
+    try:
+        pipeline.process_job(job_id, self.request.id)
+    except pipeline.Busy as busy:  # waiting to take a dead delivery's run over is not an error
+        raise self.retry(countdown=busy.retry_in, max_retries=self.request.retries + 1) from None
+    except TRANSIENT:
+        pipeline.release_run(job_id, self.request.id)
+        raise
 
 
 @shared_task(
+    bind=True,
     name="audio.send_job_notification",
     autoretry_for=(OSError, OperationalError),
     retry_backoff=10,
     retry_backoff_max=600,
     max_retries=8,
 )
-def send_job_notification(job_id: str) -> bool:
-    return services.send_job_notification(job_id)
+def send_job_notification(self: Task, job_id: str) -> bool:
+    from .services import notifications
+
+    try:
+        return notifications.send_job_notification(job_id)
+    except notifications.NotificationBusy as busy:
+        raise self.retry(countdown=busy.retry_in, max_retries=self.request.retries + 1) from None
 
 
 @shared_task(name="audio.purge_expired_files")
 def purge_expired_files() -> int:
-    return services.purge_expired_files()
+    from .services import housekeeping
+
+    return housekeeping.purge_expired_files()
 
 
 @shared_task(name="audio.recover_stuck_jobs")
 def recover_stuck_jobs() -> dict[str, int]:
-    return services.recover_stuck_jobs()
+    from .services import housekeeping
+
+    return housekeeping.recover_stuck_jobs()
 
 
 @shared_task(
     name="audio.send_daily_summary", autoretry_for=(OSError,), retry_backoff=60, max_retries=5
 )
 def send_daily_summary() -> int:
-    return services.send_daily_summary()
+    from .services import notifications
+
+    return notifications.send_daily_summary()

@@ -1,36 +1,22 @@
 """Server-rendered pages, and the server-sent events stream of the user's jobs."""
 
-import asyncio
-import json
-import time
-from collections.abc import AsyncIterator
-
+from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.contrib.auth.decorators import login_required
-from django.core.serializers.json import DjangoJSONEncoder
-from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
+from django.db import connections
+from django.http import HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
 from django.shortcuts import get_object_or_404, render
 
+from . import streams
 from .models import Job
 from .presets import PRESETS
-
-EVENT_FIELDS = (
-    "id",
-    "original_name",
-    "preset",
-    "status",
-    "phase",
-    "progress",
-    "error",
-    "created_at",
-)
-STREAM_SECONDS = 300  # then the browser reconnects (EventSource does so by itself)
+from .services.events import EVENT_FIELDS, encode
 
 
 @login_required
 def jobs(request: HttpRequest) -> HttpResponse:
     return render(request, "audio/jobs.html", {
-        "jobs": Job.objects.filter(owner=request.user)[:50],
+        "jobs": Job.objects.owned_by(request.user)[:50],
         "presets": PRESETS.values(),
         "max_bytes": settings.UPLOAD_MAX_BYTES,
         "max_mb": settings.UPLOAD_MAX_MB,
@@ -39,32 +25,49 @@ def jobs(request: HttpRequest) -> HttpResponse:
 
 @login_required
 def job(request: HttpRequest, pk: str) -> HttpResponse:
-    job = get_object_or_404(Job, pk=pk, owner=request.user)
+    job = get_object_or_404(Job.objects.owned_by(request.user), pk=pk)
     return render(request, "audio/job.html", {"job": job, "renditions": job.renditions.all()})
 
 
+class EventStreamResponse(StreamingHttpResponse):
+    """Frees the stream's slot when Django closes the response, even if it never streamed."""
+
+    def __init__(self, stream: streams.Stream, snapshot: list[str]) -> None:
+        super().__init__(stream.events(snapshot), content_type="text/event-stream")
+        self["Cache-Control"] = "no-cache"
+        self["X-Accel-Buffering"] = "no"  # nginx passes each event on at once
+        self._stream = stream
+
+    def close(self) -> None:
+        self._stream.release()
+        super().close()
+
+
+def _snapshot(user: object) -> list[str]:
+    """The user's latest jobs, then the connection goes back to the pool before the wait."""
+    try:
+        rows = Job.objects.owned_by(user).order_by("-updated_at").values(*EVENT_FIELDS)[:50]
+        return [encode(row) for row in reversed(rows)]
+    finally:
+        connections["default"].close()
+
+
 async def events(request: HttpRequest) -> HttpResponse:
-    """text/event-stream: one `job` event whenever one of the user's jobs changes."""
+    """text/event-stream: the user's jobs now, then one `job` event whenever one changes."""
     user = await request.auser()
     if not user.is_authenticated:
         return HttpResponse(status=401)
-
-    async def stream() -> AsyncIterator[str]:
-        seen: dict[str, str] = {}
-        started = time.monotonic()
-        yield "retry: 3000\n\n"
-        while time.monotonic() - started < STREAM_SECONDS:
-            rows = Job.objects.filter(owner=user).order_by("-updated_at").values(*EVENT_FIELDS)[:50]
-            async for row in rows:
-                payload = json.dumps(row, cls=DjangoJSONEncoder)
-                key = str(row["id"])
-                if seen.get(key) != payload:
-                    seen[key] = payload
-                    yield f"event: job\ndata: {payload}\n\n"
-            yield ": keep-alive\n\n"
-            await asyncio.sleep(1)
-
-    response = StreamingHttpResponse(stream(), content_type="text/event-stream")
-    response["Cache-Control"] = "no-cache"
-    response["X-Accel-Buffering"] = "no"  # nginx passes each event on at once
-    return response
+    stream = streams.Stream(user.pk)
+    try:
+        await stream.acquire()  # subscribed before the snapshot: no change falls in between
+        snapshot = await sync_to_async(_snapshot)(user)
+    except streams.TooManyStreams as exc:
+        stream.release()
+        return JsonResponse({"detail": str(exc)}, status=429, headers={"Retry-After": "30"})
+    except streams.Unavailable as exc:
+        stream.release()
+        return JsonResponse({"detail": str(exc)}, status=503, headers={"Retry-After": "5"})
+    except BaseException:
+        stream.release()
+        raise
+    return EventStreamResponse(stream, snapshot)

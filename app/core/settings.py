@@ -55,9 +55,21 @@ try:
     AUDIO_MAX_SAMPLE_RATE = env.int("AUDIO_MAX_SAMPLE_RATE", 192_000, validate=Range(min=8000))
     AUDIO_MAX_CHANNELS = env.int("AUDIO_MAX_CHANNELS", 8, validate=Range(min=1, max=8))
     AUDIO_RETENTION_DAYS = env.int("AUDIO_RETENTION_DAYS", 30, validate=Range(min=1))
-    AUDIO_STUCK_AFTER_S = env.int("AUDIO_STUCK_AFTER_S", 1800, validate=Range(min=60))
+    # A running job's worker records a heartbeat every AUDIO_HEARTBEAT_S; a run silent for
+    # AUDIO_HEARTBEAT_TIMEOUT_S is taken over (README, "Job state machine").
+    AUDIO_HEARTBEAT_S = env.float("AUDIO_HEARTBEAT_S", 5.0, validate=Range(min=0.5))
+    AUDIO_HEARTBEAT_TIMEOUT_S = env.int("AUDIO_HEARTBEAT_TIMEOUT_S", 30, validate=Range(min=5))
+    AUDIO_QUEUED_GRACE_S = env.int("AUDIO_QUEUED_GRACE_S", 120, validate=Range(min=10))
     AUDIO_MAX_ATTEMPTS = env.int("AUDIO_MAX_ATTEMPTS", 3, validate=Range(min=1))
+    AUDIO_MAX_ACTIVE_JOBS = env.int("AUDIO_MAX_ACTIVE_JOBS", 5, validate=Range(min=1))
+    AUDIO_USER_QUOTA_MB = env.int("AUDIO_USER_QUOTA_MB", 2048, validate=Range(min=1))
     UPLOAD_RATE = env.str("UPLOAD_RATE", "30/hour")
+    JOB_ACTION_RATE = env.str("JOB_ACTION_RATE", "30/minute")
+    # Live event streams (/jobs/events/): caps per user (all processes) and per web process.
+    SSE_MAX_STREAMS_PER_USER = env.int("SSE_MAX_STREAMS_PER_USER", 10, validate=Range(min=1))
+    SSE_MAX_STREAMS_PER_PROCESS = env.int("SSE_MAX_STREAMS_PER_PROCESS", 500, validate=Range(min=1))
+    SSE_KEEPALIVE_S = env.int("SSE_KEEPALIVE_S", 15, validate=Range(min=1))
+    SSE_STREAM_SECONDS = env.int("SSE_STREAM_SECONDS", 300, validate=Range(min=10))
     LOGIN_RATE = env.str("LOGIN_RATE", "10/minute")
 
     SECURE_SSL_REDIRECT = env.bool("SECURE_SSL_REDIRECT", PRODUCTION)
@@ -84,6 +96,8 @@ if PRODUCTION:
         _fail("ALLOWED_HOSTS", "must list the site's host names in production")
 if CELERY_TASK_SOFT_TIME_LIMIT >= CELERY_TASK_TIME_LIMIT:
     _fail("CELERY_TASK_SOFT_TIME_LIMIT", "must be lower than CELERY_TASK_TIME_LIMIT")
+if AUDIO_HEARTBEAT_TIMEOUT_S < 3 * AUDIO_HEARTBEAT_S:
+    _fail("AUDIO_HEARTBEAT_TIMEOUT_S", "must be at least 3 x AUDIO_HEARTBEAT_S")
 
 INSTALLED_APPS = [
     "django.contrib.admin",
@@ -105,6 +119,7 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "health.middleware.HealthCheckMiddleware",
+    "core.middleware.DatabaseUnavailableMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -136,7 +151,9 @@ TEMPLATES = [
 # Database: the app talks to PgBouncer (transaction mode); see README, "Database connections".
 _db = DATABASES["default"]
 _db["CONN_MAX_AGE"] = DATABASE_CONN_MAX_AGE
-_db["CONN_HEALTH_CHECKS"] = DATABASE_CONN_MAX_AGE > 0
+# With the pool this is psycopg_pool's check on checkout: a connection broken by a PgBouncer or
+# PostgreSQL restart is replaced, never handed to a request.
+_db["CONN_HEALTH_CHECKS"] = DATABASE_CONN_MAX_AGE > 0 or DATABASE_POOL_MAX_SIZE > 0
 _db["DISABLE_SERVER_SIDE_CURSORS"] = DATABASE_BEHIND_PGBOUNCER
 _db.setdefault("OPTIONS", {})
 _db["OPTIONS"]["connect_timeout"] = DATABASE_CONNECT_TIMEOUT
@@ -209,7 +226,11 @@ REST_FRAMEWORK = {
     "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.PageNumberPagination",
     "PAGE_SIZE": 20,
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
-    "DEFAULT_THROTTLE_RATES": {"uploads": UPLOAD_RATE, "login": LOGIN_RATE},
+    "DEFAULT_THROTTLE_RATES": {
+        "uploads": UPLOAD_RATE,
+        "login": LOGIN_RATE,
+        "job_actions": JOB_ACTION_RATE,
+    },
 }
 SPECTACULAR_SETTINGS = {
     "TITLE": "core audio API",
@@ -248,7 +269,10 @@ SERVER_EMAIL = DEFAULT_FROM_EMAIL
 # Celery. Tasks are idempotent, acknowledged after they finish and fetched one at a time.
 CELERY_TASK_ACKS_LATE = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
-CELERY_TASK_REJECT_ON_WORKER_LOST = False  # a task that kills its worker must not loop forever
+# A task whose worker process dies goes back to the queue at once (not after the visibility
+# timeout). A task that kills its worker each time cannot loop: a job's run is claimed at most
+# AUDIO_MAX_ATTEMPTS times, then it fails (audio.services.pipeline.claim).
+CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_BROKER_CONNECTION_MAX_RETRIES = 10
 # Redis redelivers unacknowledged tasks after the visibility timeout: keep it above the hard limit.

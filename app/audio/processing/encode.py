@@ -3,8 +3,12 @@ the ffmpeg CLI (measured faster than PyAV for MP3), each verified by measuring t
 
 from __future__ import annotations
 
+import ctypes
+import errno
 import math
+import signal
 import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -152,7 +156,23 @@ def _ffmpeg(
         "-af", filters, *fmt.codec_args, "-y", str(dest),
     ]  # fmt: skip
     try:
-        subprocess.run(command, capture_output=True, timeout=ENCODE_TIMEOUT_S, check=True)
+        subprocess.run(
+            command, capture_output=True, timeout=ENCODE_TIMEOUT_S, check=True,
+            preexec_fn=_die_with_parent,  # only a prctl: safe after fork
+        )  # fmt: skip
     except subprocess.CalledProcessError as exc:
-        message = exc.stderr.decode(errors="replace").strip().splitlines()[-1:] or ["?"]
+        stderr = exc.stderr.decode(errors="replace")
+        if "No space left on device" in stderr:
+            raise OSError(errno.ENOSPC, f"encoding {fmt.name}: no space left on device") from exc
+        message = stderr.strip().splitlines()[-1:] or ["?"]
         raise InvalidAudio(f"encoding {fmt.name} failed: {message[0][:200]}") from exc
+
+
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    """In the encoder's process: be killed with the worker process that started it (a worker
+    killed mid-encode must not leave an encoder running)."""
+    if sys.platform == "linux":
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)

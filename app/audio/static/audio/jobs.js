@@ -14,6 +14,10 @@
 
   function render(job) {
     let row = table.querySelector(`tr[data-job="${job.id}"]`);
+    if (job.deleted) {
+      if (row) row.remove();
+      return;
+    }
     if (!row) {
       const empty = table.querySelector("tr.empty");
       if (empty) empty.remove();
@@ -44,13 +48,20 @@
       .then((page) => page.results.forEach(render))
       .catch(() => {});
   }
+  // How the list is kept live ("sse" or "polling"), for the reader and the browser test.
   function startPolling() {
+    table.dataset.live = "polling";
     if (!pollTimer) pollTimer = setInterval(poll, 3000);
   }
 
+  // A refused stream (429 beyond the per-user cap, 503) closes for good: poll instead.
   if (window.EventSource) {
     const events = new EventSource(table.dataset.events);
-    events.addEventListener("job", (e) => render(JSON.parse(e.data)));
+    events.addEventListener("open", () => { table.dataset.live = "sse"; });
+    events.addEventListener("job", (e) => {
+      table.dataset.sseEvents = String(Number(table.dataset.sseEvents || 0) + 1);
+      render(JSON.parse(e.data));
+    });
     events.onerror = () => {
       if (events.readyState === EventSource.CLOSED) startPolling();
     };

@@ -1,0 +1,63 @@
+"""Job changes on Redis pub/sub, for the live event streams (audio/streams.py).
+
+Published on the cache Redis: pub/sub stores no keys (LRU eviction never touches it), and the
+broker stays dedicated to tasks. A lost event is harmless: every stream starts from a database
+snapshot, and a stream that may have missed events is ended so the browser reconnects.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import uuid
+from functools import cache
+
+import redis
+from django.conf import settings
+from django.core.serializers.json import DjangoJSONEncoder
+from django.db import transaction
+
+from ..models import Job
+
+logger = logging.getLogger(__name__)
+
+#: What a stream sends for a job: enough for the page's job list.
+EVENT_FIELDS = ("id", "original_name", "preset", "status", "phase", "progress", "error",
+                "created_at")  # fmt: skip
+CHANNEL_PREFIX = "audio:jobs:"
+
+
+def channel(user_id: object) -> str:
+    return f"{CHANNEL_PREFIX}{user_id}"
+
+
+def encode(payload: dict[str, object]) -> str:
+    return json.dumps(payload, cls=DjangoJSONEncoder)
+
+
+@cache
+def _client() -> redis.Redis:
+    return redis.Redis.from_url(settings.CACHE_URL, socket_connect_timeout=1, socket_timeout=1)
+
+
+def job_changed(job_id: uuid.UUID | str) -> None:
+    """Once the current transaction commits, send the job as it then is to its owner's streams."""
+    transaction.on_commit(lambda: _publish_current(job_id), robust=True)
+
+
+def job_deleted(owner_id: int, job_id: uuid.UUID | str) -> None:
+    payload = {"id": str(job_id), "deleted": True}
+    transaction.on_commit(lambda: _publish(owner_id, payload), robust=True)
+
+
+def _publish_current(job_id: uuid.UUID | str) -> None:
+    row = Job.objects.filter(pk=job_id).values("owner_id", *EVENT_FIELDS).first()
+    if row is not None:
+        _publish(row.pop("owner_id"), row)
+
+
+def _publish(owner_id: int, payload: dict[str, object]) -> None:
+    try:
+        _client().publish(channel(owner_id), encode(payload))
+    except redis.RedisError as exc:
+        logger.warning("job event for %s not published (%s)", payload["id"], exc)
