@@ -20,7 +20,7 @@ def _task_id(message: str | bytes) -> str:
     return json.loads(message).get("headers", {}).get("id", "")
 
 
-def pending_task_ids(delivered_within_s: float, queues: tuple[str, ...] = ("celery",)) -> set[str]:
+def pending_task_ids(delivered_within_s: float, queues: tuple[str, ...]) -> set[str]:
     """Tasks in `queues`, plus those a worker received less than `delivered_within_s` ago (older
     unacknowledged deliveries belong to a worker that died, until the visibility timeout)."""
     keys = [q for queue in queues for q in (queue, *(f"{queue}{PRIORITY_SEPARATOR}{p}"

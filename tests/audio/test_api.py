@@ -1,5 +1,5 @@
-"""The audio API with real PostgreSQL and real processing (the worker's function runs inline
-here; the real worker is exercised end to end in test_e2e_audio)."""
+"""The audio API with real PostgreSQL and real processing (Celery runs each task eagerly in this
+process, with its task id; the real worker is exercised end to end in test_e2e_audio)."""
 
 import io
 from pathlib import Path
@@ -8,8 +8,8 @@ import pytest
 from django.contrib.auth import get_user_model
 from rest_framework.test import APIClient
 
-from audio import services, tasks
 from audio.models import Job
+from core.celery import app as celery_app
 from tests.audio import corpus, signals
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -19,18 +19,15 @@ pytestmark = pytest.mark.django_db(transaction=True)
 def media_root(settings, tmp_path):
     settings.MEDIA_ROOT = tmp_path / "media"
     settings.AUDIO_MAX_DURATION_S = 600
-    settings.REST_FRAMEWORK = {**settings.REST_FRAMEWORK, "DEFAULT_THROTTLE_RATES": {
-        "uploads": "1000/hour", "login": "1000/minute"}}  # fmt: skip
     return settings.MEDIA_ROOT
 
 
 @pytest.fixture(autouse=True)
-def inline_worker(monkeypatch):
-    """Run queued work synchronously, as the worker would."""
-    monkeypatch.setattr(tasks.process_job, "delay", lambda job_id: services.process_job(job_id))
-    monkeypatch.setattr(
-        tasks.send_job_notification, "delay", lambda job_id: services.send_job_notification(job_id)
-    )
+def eager_tasks():
+    """Tasks run when sent, in this process, with their own task ids (as the worker would)."""
+    celery_app.conf.update(task_always_eager=True, task_eager_propagates=True)
+    yield
+    celery_app.conf.update(task_always_eager=False, task_eager_propagates=False)
 
 
 def client_for(username: str) -> APIClient:

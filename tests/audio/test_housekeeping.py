@@ -1,6 +1,7 @@
 """Beat's jobs (purge, stuck jobs, daily summary), rate limits and password reset, on real
 PostgreSQL; mail through Django's test outbox."""
 
+import uuid
 from datetime import timedelta
 
 import pytest
@@ -12,31 +13,26 @@ from django.utils import timezone
 from rest_framework.test import APIClient
 
 from accounts.api import LoginThrottle
-from audio import services, tasks
 from audio.models import Job, Rendition
 from audio.permissions import UploadThrottle
+from audio.services import housekeeping, jobs, notifications
+from core.celery import app as celery_app
+from tests.audio.conftest import make_job
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
 
 @pytest.fixture
-def user():
-    return get_user_model().objects.create_user("olga", "olga@example.com", "pw-123456!")
+def broker_queue(settings):
+    """A queue of its own on the test stack's broker, which no worker reads."""
+    settings.CELERY_TASK_DEFAULT_QUEUE = f"test-backlog-{uuid.uuid4().hex[:8]}"
+    yield settings.CELERY_TASK_DEFAULT_QUEUE
+    with celery_app.connection_for_write() as connection:
+        connection.default_channel.client.delete(settings.CELERY_TASK_DEFAULT_QUEUE)
 
 
-@pytest.fixture
-def queued(monkeypatch):
-    sent: list[str] = []
-    monkeypatch.setattr(tasks.process_job, "delay", sent.append)
-    return sent
-
-
-def make_job(user, tmp_path, settings, **fields) -> Job:
-    settings.MEDIA_ROOT = tmp_path
-    job = Job.objects.create(owner=user, preset="podcast", original_name="a.wav", **fields)
-    job.directory.mkdir(parents=True)
-    job.source_path.write_bytes(b"x")
-    return job
+def waiting_in_broker(queue: str, job: Job) -> None:
+    celery_app.send_task("audio.process_job", (str(job.pk),), task_id=job.task_id, queue=queue)
 
 
 def test_purge_removes_files_of_expired_jobs_only(user, tmp_path, settings) -> None:
@@ -46,36 +42,55 @@ def test_purge_removes_files_of_expired_jobs_only(user, tmp_path, settings) -> N
     Rendition.objects.create(job=old, format="mp3", content_type="audio/mpeg", file_name="r.mp3")
     recent = make_job(user, tmp_path, settings, status="done",
                       finished_at=timezone.now() - timedelta(days=1))  # fmt: skip
-    assert services.purge_expired_files() == 1
+    assert housekeeping.purge_expired_files() == 1
     old.refresh_from_db()
     assert old.files_purged_at and not old.directory.exists() and not old.renditions.exists()
     assert recent.directory.exists()
-    assert services.purge_expired_files() == 0  # idempotent
-    assert not services.rerun_job(old)  # nothing left to re-run
+    assert housekeeping.purge_expired_files() == 0  # idempotent
+    with pytest.raises(jobs.Refused, match="deleted"):
+        jobs.rerun_job(old)  # nothing left to re-run
 
 
-def test_stuck_jobs_are_requeued_then_failed(user, tmp_path, settings, queued, mailoutbox) -> None:
-    settings.AUDIO_STUCK_AFTER_S = 600
+def test_recovery_requeues_only_jobs_whose_task_is_gone(
+    user, tmp_path, settings, queued, broker_queue
+) -> None:
+    settings.AUDIO_HEARTBEAT_TIMEOUT_S = 30
+    settings.AUDIO_QUEUED_GRACE_S = 60
     settings.AUDIO_MAX_ATTEMPTS = 2
-    stale = timezone.now() - timedelta(hours=1)
-    retry = make_job(user, tmp_path, settings, status="processing", attempts=1, heartbeat_at=stale)
-    give_up = make_job(
-        user, tmp_path, settings, status="processing", attempts=2, heartbeat_at=stale
-    )
-    alive = make_job(user, tmp_path, settings, status="processing", attempts=1,
-                     heartbeat_at=timezone.now())  # fmt: skip
-    assert services.recover_stuck_jobs() == {"requeued": 1, "failed": 1}
-    retry.refresh_from_db(), give_up.refresh_from_db(), alive.refresh_from_db()
-    assert retry.status == "queued" and queued == [str(retry.pk)]
-    assert give_up.status == "failed" and "giving up" in give_up.error
-    assert alive.status == "processing"
+    long_ago = timezone.now() - timedelta(hours=1)
+
+    def job(status: str, **fields) -> Job:
+        return make_job(user, tmp_path, settings, status=status, task_id=str(uuid.uuid4()),
+                        queued_at=long_ago, **fields)  # fmt: skip
+
+    died = job("processing", attempts=1, heartbeat_at=long_ago)
+    died_too_often = job("processing", attempts=2, heartbeat_at=long_ago)
+    alive = job("processing", attempts=1, heartbeat_at=timezone.now())
+    lost = job("queued")  # its message never reached the broker (or the broker lost it)
+    backlog = job("queued")  # waits its turn in a long queue: must not get a second task
+    redelivered = job("processing", attempts=1, heartbeat_at=long_ago)  # back in the queue
+    waiting_in_broker(broker_queue, backlog)
+    waiting_in_broker(broker_queue, redelivered)
+
+    for _sweep in range(3):  # every sweep, not only the first, leaves waiting tasks alone
+        result = housekeeping.recover_stuck_jobs()
+        assert result["left_to_their_task"] == 2
+    for j in (died, died_too_often, alive, lost, backlog, redelivered):
+        j.refresh_from_db()
+    assert {job_id for job_id, _ in queued} == {str(died.pk), str(lost.pk)}
+    assert len(queued) == 2, "a job got a second task"
+    assert died.status == lost.status == "queued"
+    assert dict(queued)[str(died.pk)] == died.task_id  # the new task owns the run
+    assert died_too_often.status == "failed" and "giving up" in died_too_often.error
+    assert alive.status == "processing" and redelivered.status == "processing"
+    assert backlog.status == "queued"
 
 
 def test_daily_summary_goes_to_staff(user, tmp_path, settings) -> None:
     get_user_model().objects.create_user("boss", "boss@example.com", "pw-123456!", is_staff=True)
     make_job(user, tmp_path, settings, status="failed", error="bad file",
              finished_at=timezone.now())  # fmt: skip
-    assert services.send_daily_summary() == 1
+    assert notifications.send_daily_summary() == 1
     (message,) = mail.outbox
     assert message.to == ["boss@example.com"] and "1 failed" in message.subject
     assert "bad file" in message.body
@@ -102,7 +117,7 @@ def test_login_rate_limit(monkeypatch) -> None:
 
 def test_password_reset_by_email(user, mailoutbox) -> None:
     client = Client()
-    response = client.post("/accounts/password_reset/", {"email": "olga@example.com"})
+    response = client.post("/accounts/password_reset/", {"email": user.email})
     assert response.status_code == 302
     (message,) = mailoutbox
     link = next(line for line in message.body.splitlines() if "/accounts/reset/" in line)
@@ -112,7 +127,7 @@ def test_password_reset_by_email(user, mailoutbox) -> None:
     new = "brand-new-pass-77"
     done = client.post(form.redirect_chain[-1][0], {"new_password1": new, "new_password2": new})
     assert done.status_code == 302
-    assert client.login(username="olga", password="brand-new-pass-77")
+    assert client.login(username=user.username, password="brand-new-pass-77")
 
 
 def test_pages_need_login_and_show_only_own_jobs(user, tmp_path, settings) -> None:
@@ -139,5 +154,5 @@ def test_admin_lists_jobs_with_filters_and_actions(user, tmp_path, settings, que
     response = client.post("/admin/audio/job/", {"action": "rerun", "_selected_action": [job.pk]})
     assert response.status_code == 302
     job.refresh_from_db()
-    assert job.status == "queued" and queued == [str(job.pk)]
+    assert job.status == "queued" and queued == [(str(job.pk), job.task_id)]
     assert client.get("/admin/django_celery_beat/periodictask/").status_code == 200

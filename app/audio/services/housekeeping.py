@@ -39,7 +39,10 @@ def recover_stuck_jobs(now: datetime | None = None) -> dict[str, int]:
     if not candidates:
         return result
     # A task delivered to a worker lately may be about to run (or waiting to take its run over).
-    pending = broker.pending_task_ids(delivered_within_s=2 * settings.AUDIO_HEARTBEAT_TIMEOUT_S)
+    pending = broker.pending_task_ids(
+        delivered_within_s=2 * settings.AUDIO_HEARTBEAT_TIMEOUT_S,
+        queues=(settings.CELERY_TASK_DEFAULT_QUEUE,),
+    )
     for job in candidates:
         if job["task_id"] in pending:
             result["left_to_their_task"] += 1

@@ -1,0 +1,40 @@
+"""Shared set-up for the audio tests: users, jobs in a given state, and the tasks they send."""
+
+import uuid
+from pathlib import Path
+
+import pytest
+from django.contrib.auth import get_user_model
+from django.contrib.auth.models import AbstractBaseUser
+
+from audio import tasks
+from audio.models import Job
+
+
+def make_user(name: str = "olga") -> AbstractBaseUser:
+    username = f"{name}-{uuid.uuid4().hex[:6]}"
+    return get_user_model().objects.create_user(username, f"{username}@example.com", "pw-123456!")
+
+
+def make_job(user: AbstractBaseUser, tmp_path: Path, settings: object, **fields: object) -> Job:
+    """A job row with a (fake) source file under MEDIA_ROOT=tmp_path."""
+    settings.MEDIA_ROOT = tmp_path
+    job = Job.objects.create(owner=user, preset="podcast", original_name="a.wav", **fields)
+    job.directory.mkdir(parents=True)
+    job.source_path.write_bytes(b"x")
+    return job
+
+
+@pytest.fixture
+def user() -> AbstractBaseUser:
+    return make_user()
+
+
+@pytest.fixture
+def queued(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, str]]:
+    """The (job id, task id) of each processing task sent, instead of sending it."""
+    sent: list[tuple[str, str]] = []
+    monkeypatch.setattr(
+        tasks.process_job, "apply_async", lambda args, task_id: sent.append((args[0], task_id))
+    )
+    return sent
