@@ -3,6 +3,7 @@ import ssl
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from email import policy
@@ -21,6 +22,19 @@ STACK_SCRIPT = REPO_DIR / "deployments" / "native" / "stack.py"
 ARTIFACTS = REPO_DIR / "test-artifacts"
 
 
+PASSWORD = "correct-horse-42"
+
+
+@dataclass(frozen=True)
+class Account:
+    username: str
+    token: str
+
+    @property
+    def auth(self) -> dict[str, str]:
+        return {"Authorization": f"Token {self.token}"}
+
+
 @dataclass
 class NativeStack:
     env: dict[str, str]
@@ -37,8 +51,40 @@ class NativeStack:
     def tls(self) -> ssl.SSLContext:
         return ssl.create_default_context(cafile=self.ca_file)
 
-    def client(self, **kwargs: object) -> httpx.Client:
-        return httpx.Client(base_url=self.base_url, verify=self.tls, timeout=30, **kwargs)
+    def client(self, local_address: str | None = None, **kwargs: object) -> httpx.Client:
+        """An HTTPS client; `local_address` (127.0.0.x) to come from another client address."""
+        transport = httpx.HTTPTransport(verify=self.tls, local_address=local_address)
+        return httpx.Client(
+            base_url=self.base_url, verify=self.tls, timeout=30, transport=transport, **kwargs
+        )
+
+    def _new_address(self) -> str:
+        """Each sign-up and login comes from its own loopback address, as users' requests do,
+        so that nginx's per-address credentials limit is not what a suite of many users hits."""
+        self._addresses = getattr(self, "_addresses", 0) + 1
+        return f"127.0.{1 + self._addresses // 250}.{1 + self._addresses % 250}"
+
+    def signup(self, name: str = "user") -> Account:
+        username = f"{name}-{uuid.uuid4().hex[:8]}"
+        with self.client(local_address=self._new_address()) as client:
+            response = client.post("/api/auth/signup/", json={
+                "username": username, "email": f"{username}@example.com", "password": PASSWORD,
+            })  # fmt: skip
+        assert response.status_code == 201, response.text
+        return Account(username, response.json()["token"])
+
+    def session(self, account: Account, local_address: str | None = None) -> httpx.Client:
+        """A client signed in through the login page (a session cookie, as a browser has)."""
+        client = self.client(local_address=local_address or self._new_address())
+        client.get("/accounts/login/")
+        response = client.post(
+            "/accounts/login/",
+            data={"username": account.username, "password": PASSWORD,
+                  "csrfmiddlewaretoken": client.cookies["csrftoken"]},
+            headers={"Referer": f"{self.base_url}/accounts/login/"},
+        )  # fmt: skip
+        assert response.status_code == 302, response.text
+        return client
 
     def supervisorctl(self, *args: str) -> str:
         return stack._supervisorctl(self.env, *args, check=False)

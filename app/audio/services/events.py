@@ -21,9 +21,9 @@ from ..models import Job
 
 logger = logging.getLogger(__name__)
 
-#: What a stream sends for a job: enough for the page's job list.
+#: What a stream sends for a job: enough for the page's job list (updated_at: when it changed).
 EVENT_FIELDS = ("id", "original_name", "preset", "status", "phase", "progress", "error",
-                "created_at")  # fmt: skip
+                "created_at", "updated_at")  # fmt: skip
 CHANNEL_PREFIX = "audio:jobs:"
 
 
