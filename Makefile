@@ -14,7 +14,7 @@ SYSTEM_COMMANDS := postgres:postgresql pgbouncer:pgbouncer redis-server:redis-se
 	envsubst:gettext-base curl:curl psql:postgresql-client openssl:openssl wrk:wrk
 TEST_COMMANDS := espeak-ng:espeak-ng chromium:chromium
 
-.PHONY: help up down restart ps logs test test-containers lint bench bench-audio manage system-deps test-deps clean
+.PHONY: help up down restart reload ps logs test test-chaos test-containers lint bench bench-audio manage system-deps test-deps clean
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -42,6 +42,9 @@ down: .venv/.synced ## stop the stack
 
 restart: down up ## stop, then start the stack
 
+reload: .venv/.synced ## reload web without dropping a request (Gunicorn HUP: new workers, then the old stop)
+	$(STACK) reload
+
 ps: .venv/.synced ## state and health of every service
 	$(STACK) ps
 
@@ -57,8 +60,11 @@ lint: .venv/.synced ## ruff, shellcheck
 	.venv/bin/shellcheck --severity=style $$(grep -rlE '^#!(/usr/bin/env bash|/bin/sh)' deployments .ci)
 	.venv/bin/hadolint deployments/compose/*/Dockerfile
 
-test: test-deps .venv/.synced ## every suite but containers: lint, unit, integration, end-to-end
-	.venv/bin/python -m pytest -m "not containers" $(PYTEST_ARGS)
+test: test-deps .venv/.synced ## every suite but chaos and containers: lint, unit, integration, e2e
+	.venv/bin/python -m pytest -m "not containers and not chaos" $(PYTEST_ARGS)
+
+test-chaos: test-deps .venv/.synced ## kill, restart and overload a native stack of its own (~8 min)
+	TEST_STACK=chaos .venv/bin/python -m pytest -m chaos tests/chaos $(PYTEST_ARGS)
 
 test-containers: .venv/.synced ## build the images, run the compose stacks for real (Podman engine)
 	eval "$$(deployments/containers-harness/engine-up)"; \

@@ -1,7 +1,9 @@
 """pytest plugin (`-p tests.stack_env`, see pyproject): gives the test run its own native stack.
 
 Loaded before pytest-django reads settings. The test stack lives in var/test on ports of its own,
-so `make test` never touches a stack started with `make up`, nor the machine's own servers.
+so `make test` never touches a stack started with `make up`, nor the machine's own servers. The
+chaos suite (`make test-chaos`, TEST_STACK=chaos) has another one in var/chaos, with production
+settings but for ports and the recovery grace, since it kills and restarts its servers.
 """
 
 import os
@@ -13,7 +15,7 @@ sys.path.insert(0, str(REPO_DIR / "deployments" / "native"))
 
 import stack  # noqa: E402
 
-TEST_STACK_OVERRIDES = {
+_TEST_STACK = {
     "STACK_DIR": str(REPO_DIR / "var" / "test"),
     "POSTGRES_PORT": "25532",
     "PGBOUNCER_PORT": "26532",
@@ -30,6 +32,22 @@ TEST_STACK_OVERRIDES = {
     "NGINX_LOGIN_RATE": "60r/m",
     "NGINX_LOGIN_BURST": "10",
 }
+_CHAOS_STACK = {
+    "STACK_DIR": str(REPO_DIR / "var" / "chaos"),
+    "POSTGRES_PORT": "25632",
+    "PGBOUNCER_PORT": "26632",
+    "REDIS_BROKER_PORT": "26579",
+    "REDIS_CACHE_PORT": "26580",
+    "WEB_PORT": "28200",
+    "FLOWER_PORT": "25755",
+    "NGINX_HTTP_PORT": "9180",
+    "NGINX_HTTPS_PORT": "9543",
+    "EMAIL_URL": "smtp://127.0.0.1:28125",
+    # A job whose task the broker lost is sent again after 20 s, not 2 minutes.
+    "AUDIO_QUEUED_GRACE_S": "20",
+}
+TEST_STACK = os.environ.get("TEST_STACK", "test")
+TEST_STACK_OVERRIDES = {"test": _TEST_STACK, "chaos": _CHAOS_STACK}[TEST_STACK]
 for _key in [k for k in os.environ if k.startswith("STACK_")]:
     del os.environ[_key]
 os.environ.update(TEST_STACK_OVERRIDES)

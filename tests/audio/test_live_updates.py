@@ -4,76 +4,18 @@ and the caps (per user, per process, per client address) answer 429."""
 
 import asyncio
 import json
-import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import datetime
 
-import httpx
 import pytest
 from django.conf import settings
 
 from audio import streams
 from tests.audio import signals
-from tests.conftest import Account, NativeStack
+from tests.conftest import NativeStack
+from tests.sse import streams_open, tabs
 
 pytestmark = pytest.mark.e2e
-
-
-class OpenStream:
-    """An event stream held open in a background thread; records each event and when it came."""
-
-    def __init__(self, client: httpx.Client) -> None:
-        self.client = client
-        self.status: int | None = None
-        self.body = ""
-        self.events: list[tuple[float, dict]] = []
-        self.opened = threading.Event()
-        self.ended = threading.Event()
-        self.thread = threading.Thread(target=self._read, daemon=True)
-        self.thread.start()
-
-    def _read(self) -> None:
-        try:
-            with self.client.stream("GET", "/jobs/events/", timeout=60) as response:
-                self.status = response.status_code
-                self.opened.set()
-                if response.status_code != 200:
-                    self.body = response.read().decode(errors="replace")
-                    return
-                kind = ""
-                for line in response.iter_lines():
-                    if line.startswith("event: "):
-                        kind = line[7:]
-                    elif line.startswith("data: ") and kind == "job":
-                        self.events.append((time.time(), json.loads(line[6:])))
-        except httpx.HTTPError:
-            pass
-        finally:
-            self.opened.set()
-            self.ended.set()
-
-    def close(self) -> None:
-        self.client.close()
-
-
-def tabs(native_stack: NativeStack, account: Account, count: int, address: str | None = None):
-    """`count` clients sharing one signed-in session, as a browser's tabs do."""
-    cookies = native_stack.session(account).cookies
-    return [native_stack.client(local_address=address, cookies=cookies) for _ in range(count)]
-
-
-@contextmanager
-def streams_open(clients: list[httpx.Client]) -> Iterator[list[OpenStream]]:
-    opened = [OpenStream(client) for client in clients]
-    try:
-        for stream in opened:
-            assert stream.opened.wait(15), "a stream did not answer"
-        yield opened
-    finally:
-        for stream in opened:
-            stream.close()
 
 
 def test_a_job_change_reaches_the_stream_within_a_second(
