@@ -32,17 +32,17 @@ _TEST_STACK = {
     "NGINX_LOGIN_RATE": "60r/m",
     "NGINX_LOGIN_BURST": "10",
 }
-_CHAOS_STACK = {
+_CHAOS_STACK = {  # ports of its own: var/ (make up), var/test and var/bench have theirs
     "STACK_DIR": str(REPO_DIR / "var" / "chaos"),
-    "POSTGRES_PORT": "25632",
-    "PGBOUNCER_PORT": "26632",
-    "REDIS_BROKER_PORT": "26579",
-    "REDIS_CACHE_PORT": "26580",
-    "WEB_PORT": "28200",
-    "FLOWER_PORT": "25755",
-    "NGINX_HTTP_PORT": "9180",
-    "NGINX_HTTPS_PORT": "9543",
-    "EMAIL_URL": "smtp://127.0.0.1:28125",
+    "POSTGRES_PORT": "25732",
+    "PGBOUNCER_PORT": "26732",
+    "REDIS_BROKER_PORT": "26679",
+    "REDIS_CACHE_PORT": "26680",
+    "WEB_PORT": "28300",
+    "FLOWER_PORT": "25855",
+    "NGINX_HTTP_PORT": "9280",
+    "NGINX_HTTPS_PORT": "9643",
+    "EMAIL_URL": "smtp://127.0.0.1:28225",
     # A job whose task the broker lost is sent again after 20 s, not 2 minutes.
     "AUDIO_QUEUED_GRACE_S": "20",
 }
