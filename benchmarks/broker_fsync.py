@@ -119,8 +119,10 @@ def main() -> None:
         "",
         "| appendfsync | tasks/s | p50 ms | p99 ms |",
         "|---|---|---|---|",
-        *(f"| {mode} | {m['tasks_per_s']:.0f} | {m['p50_ms']:.2f} | {m['p99_ms']:.2f} |"
-          for mode, m in medians.items()),  # fmt: skip
+        *(
+            f"| {mode} | {m['tasks_per_s']:.0f} | {m['p50_ms']:.2f} | {m['p99_ms']:.2f} |"
+            for mode, m in medians.items()
+        ),  # fmt: skip
         "",
         f"`always` / `everysec` throughput: {ratio}",
     ]

@@ -16,8 +16,10 @@ PRIORITY_SEPARATOR = "\x06\x16"
 PRIORITY_STEPS = (3, 6, 9)  # step 0 is the queue's own list
 
 
-def _task_id(message: str | bytes) -> str:
-    return json.loads(message).get("headers", {}).get("id", "")
+def _task_id(message: str | bytes | dict) -> str:
+    if not isinstance(message, dict):
+        message = json.loads(message)
+    return message.get("headers", {}).get("id", "")
 
 
 def pending_task_ids(delivered_within_s: float, queues: tuple[str, ...]) -> set[str]:

@@ -1,9 +1,11 @@
 """Beat's jobs (purge, stuck jobs, daily summary), rate limits and password reset, on real
 PostgreSQL; mail through Django's test outbox."""
 
+import time
 import uuid
 from datetime import timedelta
 
+import kombu
 import pytest
 from django.contrib.auth import get_user_model
 from django.core import mail
@@ -16,6 +18,7 @@ from accounts.api import LoginThrottle
 from audio.models import Job, Rendition
 from audio.permissions import UploadThrottle
 from audio.services import housekeeping, jobs, notifications
+from core import broker
 from core.celery import app as celery_app
 from tests.audio.conftest import make_job
 
@@ -49,6 +52,24 @@ def test_purge_removes_files_of_expired_jobs_only(user, tmp_path, settings) -> N
     assert housekeeping.purge_expired_files() == 0  # idempotent
     with pytest.raises(jobs.Refused, match="deleted"):
         jobs.rerun_job(old)  # nothing left to re-run
+
+
+def test_the_broker_shows_waiting_and_recently_delivered_tasks(broker_queue) -> None:
+    send = celery_app.send_task
+    send("audio.process_job", ("a",), task_id="delivered-task", queue=broker_queue)
+    send("audio.process_job", ("b",), task_id="waiting-task", queue=broker_queue)
+    with celery_app.connection_for_read() as connection, connection.channel() as channel:
+        # As a worker receives a task: out of the queue, into kombu's unacknowledged set.
+        message = kombu.Queue(broker_queue, channel=channel).get(no_ack=False)
+        assert message.headers["id"] == "delivered-task"
+        try:
+            recent = broker.pending_task_ids(delivered_within_s=60, queues=(broker_queue,))
+            assert {"delivered-task", "waiting-task"} <= recent
+            time.sleep(0.05)  # delivered longer ago than the window: a dead worker's, say
+            older = broker.pending_task_ids(delivered_within_s=0.01, queues=(broker_queue,))
+            assert "waiting-task" in older and "delivered-task" not in older
+        finally:
+            message.ack()
 
 
 def test_recovery_requeues_only_jobs_whose_task_is_gone(
