@@ -120,7 +120,7 @@ class Chaos:
 
 
 RUN_LINE = re.compile(
-    r"^(?P<time>\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) \w+ audio\.services\.pipeline \d+ "
+    r"^(?P<time>\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) \w+ audio\.services\.\w+ \d+ "
     r"job (?P<job>[0-9a-f-]{36}): (?P<what>.*)$"
 )
 
