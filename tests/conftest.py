@@ -54,9 +54,8 @@ class NativeStack:
     def client(self, local_address: str | None = None, **kwargs: object) -> httpx.Client:
         """An HTTPS client; `local_address` (127.0.0.x) to come from another client address."""
         transport = httpx.HTTPTransport(verify=self.tls, local_address=local_address)
-        return httpx.Client(
-            base_url=self.base_url, verify=self.tls, timeout=30, transport=transport, **kwargs
-        )
+        kwargs.setdefault("timeout", 30)
+        return httpx.Client(base_url=self.base_url, verify=self.tls, transport=transport, **kwargs)
 
     def _new_address(self) -> str:
         """Each sign-up and login comes from its own loopback address, as users' requests do,

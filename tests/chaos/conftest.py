@@ -145,10 +145,18 @@ class Load:
                  threads: int = 8, timeout: float = 60) -> None:  # fmt: skip
         self.stack, self.path, self.headers, self.timeout = stack, path, headers, timeout
         self.results: list[tuple[float, int | str, float]] = []
+        self.crashed: list[BaseException] = []
         self._stop = threading.Event()
         self._threads = [threading.Thread(target=self._run) for _ in range(threads)]
 
     def _run(self) -> None:
+        try:
+            self._send()
+        except BaseException as exc:  # a broken load generator must fail the test, loudly
+            self.crashed.append(exc)
+            raise
+
+    def _send(self) -> None:
         client = self.stack.client(timeout=self.timeout)
         while not self._stop.is_set():
             started = time.monotonic()
@@ -170,6 +178,8 @@ class Load:
         self._stop.set()
         for thread in self._threads:
             thread.join(self.timeout + 5)
+        assert not self.crashed, f"the load generator broke: {self.crashed[0]!r}"
+        assert self.results, "the load generator sent nothing"
 
     def summary(self) -> dict[str, object]:
         latencies = sorted(latency for _, _, latency in self.results)

@@ -202,7 +202,7 @@ def test_broker_killed_with_tasks_queued_loses_no_job(chaos: Chaos, program: Pat
         lost_by_the_kill=in_broker_before - in_broker_after,
         uploaded_while_broker_down=len(late), recovered_by_sweep=len({e.job for e in recovered}),
         done=sum(s == "done" for s in statuses.values()),
-        appendfsync=broker(chaos).config_get("appendfsync")[b"appendfsync"].decode(),
+        appendfsync=broker(chaos).config_get("appendfsync")["appendfsync"],
         seconds=round(time.monotonic() - started, 1),
     )  # fmt: skip
     chaos.wait_healthy()
