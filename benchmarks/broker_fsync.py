@@ -122,7 +122,7 @@ def main() -> None:
         *(
             f"| {mode} | {m['tasks_per_s']:.0f} | {m['p50_ms']:.2f} | {m['p99_ms']:.2f} |"
             for mode, m in medians.items()
-        ),  # fmt: skip
+        ),
         "",
         f"`always` / `everysec` throughput: {ratio}",
     ]

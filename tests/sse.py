@@ -12,40 +12,58 @@ from tests.conftest import Account, NativeStack
 
 
 class OpenStream:
-    """An event stream held open in a background thread; records each event and when it came."""
+    """An event stream held open in a background thread, as EventSource holds it: a stream the
+    server ends cleanly (its lifetime, a web worker recycled or reloaded) is opened again after
+    the server's `retry:` delay; a refusal (non-200) or a broken connection stops it. Records
+    each event with the time it arrived."""
 
     def __init__(self, client: httpx.Client) -> None:
         self.client = client
-        self.status: int | None = None
+        self.status: int | None = None  # of the first response
         self.body = ""
         self.error: str | None = None  # how the stream broke, if it did not end cleanly
+        self.clean_ends = 0
         self.events: list[tuple[float, dict]] = []
         self.opened = threading.Event()
-        self.ended = threading.Event()
-        self.thread = threading.Thread(target=self._read, daemon=True)
+        self.ended = threading.Event()  # set at the first clean end
+        self._closing = False
+        self.thread = threading.Thread(target=self._follow, daemon=True)
         self.thread.start()
 
-    def _read(self) -> None:
+    def _follow(self) -> None:
         try:
-            with self.client.stream("GET", "/jobs/events/", timeout=60) as response:
-                self.status = response.status_code
-                self.opened.set()
-                if response.status_code != 200:
-                    self.body = response.read().decode(errors="replace")
-                    return
-                kind = ""
-                for line in response.iter_lines():
-                    if line.startswith("event: "):
-                        kind = line[7:]
-                    elif line.startswith("data: ") and kind == "job":
-                        self.events.append((time.time(), json.loads(line[6:])))
+            while not self._closing and self._read_once():
+                self.clean_ends += 1
+                self.ended.set()
+                time.sleep(self.retry_s)
         except httpx.HTTPError as exc:
-            self.error = type(exc).__name__
+            if not self._closing:
+                self.error = type(exc).__name__
         finally:
             self.opened.set()
-            self.ended.set()
+
+    def _read_once(self) -> bool:
+        """One response; True if it was a stream that ended cleanly."""
+        with self.client.stream("GET", "/jobs/events/", timeout=60) as response:
+            self.status = self.status or response.status_code
+            self.opened.set()
+            if response.status_code != 200:
+                self.body = response.read().decode(errors="replace")
+                return False
+            kind = ""
+            for line in response.iter_lines():
+                if line.startswith("retry: "):
+                    self.retry_s = int(line[7:]) / 1000
+                elif line.startswith("event: "):
+                    kind = line[7:]
+                elif line.startswith("data: ") and kind == "job":
+                    self.events.append((time.time(), json.loads(line[6:])))
+        return True
+
+    retry_s = 3.0
 
     def close(self) -> None:
+        self._closing = True
         self.client.close()
 
 

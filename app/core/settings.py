@@ -284,6 +284,10 @@ CELERY_BROKER_TRANSPORT_OPTIONS = {
 }
 CELERY_RESULT_BACKEND_TRANSPORT_OPTIONS = {"visibility_timeout": CELERY_TASK_TIME_LIMIT * 2 + 600}
 CELERY_RESULT_EXPIRES = 24 * 3600
+# Only tasks that someone waits for keep a result (ignore_result=False on the task): sending a
+# task that keeps one subscribes to its result channel first, which blocks (and gives up for
+# good) while the broker's Redis is down.
+CELERY_TASK_IGNORE_RESULT = True
 CELERY_TASK_DEFAULT_QUEUE = "celery"  # the worker's -Q (CELERY_QUEUES) must include it
 CELERY_TASK_SERIALIZER = "json"
 CELERY_RESULT_SERIALIZER = "json"
