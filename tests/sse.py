@@ -20,6 +20,7 @@ class OpenStream:
     def __init__(self, client: httpx.Client) -> None:
         self.client = client
         self.status: int | None = None  # of the first response
+        self.last_status: int | None = None
         self.body = ""
         self.error: str | None = None  # how the stream broke, if it did not end cleanly
         self.clean_ends = 0
@@ -46,6 +47,7 @@ class OpenStream:
         """One response; True if it was a stream that ended cleanly."""
         with self.client.stream("GET", "/jobs/events/", timeout=60) as response:
             self.status = self.status or response.status_code
+            self.last_status = response.status_code
             self.opened.set()
             if response.status_code != 200:
                 self.body = response.read().decode(errors="replace")

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import random
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -30,7 +31,9 @@ from .services.events import CHANNEL_PREFIX
 logger = logging.getLogger(__name__)
 END = object()  # tells a stream to finish
 QUEUE_SIZE = 256  # events a slow client may lag behind before its stream is ended
-RETRY_MS = 3000
+# The browser reconnects this long after a stream ends; spread, so that the streams a recycled
+# or reloaded web process ends do not all come back in the same instant.
+RETRY_MS = (2000, 8000)
 SUBSCRIBE_TIMEOUT_S = 2.0
 
 # Lease a stream slot for a user: drop expired leases, refuse beyond the cap, else add.
@@ -180,7 +183,7 @@ class Stream:
 
     async def events(self, snapshot: list[str]) -> AsyncIterator[str]:
         try:
-            yield f"retry: {RETRY_MS}\n\n"
+            yield f"retry: {random.randint(*RETRY_MS)}\n\n"  # noqa: S311 - jitter, not a secret
             for payload in snapshot:
                 yield f"event: job\ndata: {payload}\n\n"
             deadline = time.monotonic() + settings.SSE_STREAM_SECONDS

@@ -12,7 +12,8 @@ timeout = int(os.environ.get("GUNICORN_TIMEOUT", "120"))
 graceful_timeout = int(os.environ.get("GUNICORN_GRACEFUL_TIMEOUT", "25"))
 # Above nginx's upstream keepalive_timeout, so nginx closes idle connections first.
 keepalive = 75
-max_requests = int(os.environ.get("GUNICORN_MAX_REQUESTS", "2000"))
+# A recycled worker ends its open event streams (their tabs reconnect): recycle rarely.
+max_requests = int(os.environ.get("GUNICORN_MAX_REQUESTS", "20000"))
 max_requests_jitter = max_requests // 10
 # Only the proxy may set X-Forwarded-For / X-Forwarded-Proto.
 forwarded_allow_ips = os.environ.get("FORWARDED_ALLOW_IPS", "127.0.0.1")
