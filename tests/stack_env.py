@@ -45,6 +45,10 @@ _CHAOS_STACK = {  # ports of its own: var/ (make up), var/test and var/bench hav
     "EMAIL_URL": "smtp://127.0.0.1:28225",
     # A job whose task the broker lost is sent again after 20 s, not 2 minutes.
     "AUDIO_QUEUED_GRACE_S": "20",
+    # A hung encoder fails its job after 30 s, not 10 minutes. (The sender's limits travel in
+    # each task message, so they are the stack's, web's included, not only the worker's.)
+    "CELERY_TASK_SOFT_TIME_LIMIT": "30",
+    "CELERY_TASK_TIME_LIMIT": "45",
 }
 TEST_STACK = os.environ.get("TEST_STACK", "test")
 TEST_STACK_OVERRIDES = {"test": _TEST_STACK, "chaos": _CHAOS_STACK}[TEST_STACK]
