@@ -38,6 +38,7 @@ class Account:
 @dataclass
 class NativeStack:
     env: dict[str, str]
+    mail: "SmtpSink | None" = None  # where the stack's mail goes (EMAIL_URL)
 
     @property
     def base_url(self) -> str:
@@ -57,24 +58,35 @@ class NativeStack:
         kwargs.setdefault("timeout", 30)
         return httpx.Client(base_url=self.base_url, verify=self.tls, transport=transport, **kwargs)
 
-    def _new_address(self) -> str:
+    def new_address(self) -> str:
         """Each sign-up and login comes from its own loopback address, as users' requests do,
         so that nginx's per-address credentials limit is not what a suite of many users hits."""
         self._addresses = getattr(self, "_addresses", 0) + 1
         return f"127.0.{1 + self._addresses // 250}.{1 + self._addresses % 250}"
 
-    def signup(self, name: str = "user") -> Account:
+    def signup(self, name: str = "user", verify: bool = True) -> Account:
+        """A new account; `verify` follows the link of the verification email (real mail path:
+        the worker sends it to the stack's SMTP sink)."""
         username = f"{name}-{uuid.uuid4().hex[:8]}"
-        with self.client(local_address=self._new_address()) as client:
+        with self.client(local_address=self.new_address()) as client:
             response = client.post("/api/auth/signup/", json={
                 "username": username, "email": f"{username}@example.com", "password": PASSWORD,
             })  # fmt: skip
-        assert response.status_code == 201, response.text
+            assert response.status_code == 201, response.text
+            if verify:
+                link = self.verification_link(f"{username}@example.com")
+                assert client.get(link).status_code == 200
         return Account(username, response.json()["token"])
+
+    def verification_link(self, address: str) -> str:
+        assert self.mail is not None, "this stack's mail is not collected"
+        message = self.mail.wait_for(lambda m: address in m["to"] and "Confirm" in m["subject"])
+        body = message.get_body(("plain",)).get_content()
+        return next(word for word in body.split() if "/accounts/verify/" in word)
 
     def session(self, account: Account, local_address: str | None = None) -> httpx.Client:
         """A client signed in through the login page (a session cookie, as a browser has)."""
-        client = self.client(local_address=local_address or self._new_address())
+        client = self.client(local_address=local_address or self.new_address())
         client.get("/accounts/login/")
         response = client.post(
             "/accounts/login/",
@@ -110,14 +122,15 @@ def _run_stack(command: str) -> subprocess.CompletedProcess[str]:
 
 
 @pytest.fixture(scope="session")
-def native_stack() -> Iterator[NativeStack]:
-    """The whole stack, started natively with `stack.py up` (what `make up` runs)."""
+def native_stack(smtp_sink: "SmtpSink") -> Iterator[NativeStack]:
+    """The whole stack, started natively with `stack.py up` (what `make up` runs), its mail
+    going to the test's SMTP sink."""
     try:
         result = _run_stack("up")
         if result.returncode != 0:
             pytest.fail(f"stack.py up failed:\n{result.stdout}\n{result.stderr}")
         print(result.stdout)
-        yield NativeStack(STACK_ENV)
+        yield NativeStack(STACK_ENV, smtp_sink)
     finally:
         if not os.environ.get("KEEP_TEST_STACK"):
             down = _run_stack("down")

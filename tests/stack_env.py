@@ -31,6 +31,7 @@ _TEST_STACK = {
     # The suite signs up many users from one address; the limit itself is still tested.
     "NGINX_LOGIN_RATE": "60r/m",
     "NGINX_LOGIN_BURST": "10",
+    "SIGNUP_GLOBAL_RATE": "5000/hour",
 }
 _CHAOS_STACK = {  # ports of its own: var/ (make up), var/test and var/bench have theirs
     "STACK_DIR": str(REPO_DIR / "var" / "chaos"),
@@ -49,6 +50,7 @@ _CHAOS_STACK = {  # ports of its own: var/ (make up), var/test and var/bench hav
     # each task message, so they are the stack's, web's included, not only the worker's.)
     "CELERY_TASK_SOFT_TIME_LIMIT": "30",
     "CELERY_TASK_TIME_LIMIT": "45",
+    "SIGNUP_GLOBAL_RATE": "5000/hour",
 }
 TEST_STACK = os.environ.get("TEST_STACK", "test")
 TEST_STACK_OVERRIDES = {"test": _TEST_STACK, "chaos": _CHAOS_STACK}[TEST_STACK]

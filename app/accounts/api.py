@@ -8,11 +8,10 @@ from rest_framework.authtoken.views import ObtainAuthToken
 from rest_framework.generics import GenericAPIView
 from rest_framework.request import Request
 from rest_framework.response import Response
-from rest_framework.throttling import AnonRateThrottle
+from rest_framework.views import APIView
 
-
-class LoginThrottle(AnonRateThrottle):
-    scope = "login"
+from . import services
+from .throttles import SIGNUP_THROTTLES, LoginThrottle, VerificationResendThrottle
 
 
 class SignupSerializer(serializers.Serializer):
@@ -31,12 +30,14 @@ class SignupSerializer(serializers.Serializer):
         return data
 
     def create(self, data: dict) -> AbstractBaseUser:
-        return get_user_model().objects.create_user(**data)
+        return services.register(data["username"], data["email"], data["password"])
 
 
 class Signup(GenericAPIView):
+    """Creates the account and emails a link that confirms the address; uploads need that."""
+
     permission_classes = [permissions.AllowAny]
-    throttle_classes = [LoginThrottle]
+    throttle_classes = list(SIGNUP_THROTTLES)
     serializer_class = SignupSerializer
 
     def post(self, request: Request) -> Response:
@@ -45,8 +46,20 @@ class Signup(GenericAPIView):
         user = serializer.save()
         token, _ = Token.objects.get_or_create(user=user)
         return Response(
-            {"username": user.username, "token": token.key}, status=status.HTTP_201_CREATED
+            {"username": user.username, "token": token.key, "verification": "sent"},
+            status=status.HTTP_201_CREATED,
         )
+
+
+class ResendVerification(APIView):
+    throttle_classes = [VerificationResendThrottle]
+
+    def post(self, request: Request) -> Response:
+        if services.is_verified(request.user):
+            return Response({"detail": "your email address is already confirmed"})
+        services.request_verification(request.user)
+        return Response({"detail": f"a new link is on its way to {request.user.email}"},
+                        status=status.HTTP_202_ACCEPTED)  # fmt: skip
 
 
 class ObtainToken(ObtainAuthToken):

@@ -71,6 +71,12 @@ try:
     SSE_KEEPALIVE_S = env.int("SSE_KEEPALIVE_S", 15, validate=Range(min=1))
     SSE_STREAM_SECONDS = env.int("SSE_STREAM_SECONDS", 300, validate=Range(min=10))
     LOGIN_RATE = env.str("LOGIN_RATE", "10/minute")
+    # Accounts created per client address, and by everyone together (a flood from many
+    # addresses); new links for email verification per user.
+    SIGNUP_RATE = env.str("SIGNUP_RATE", "10/hour")
+    SIGNUP_GLOBAL_RATE = env.str("SIGNUP_GLOBAL_RATE", "500/hour")
+    VERIFICATION_RESEND_RATE = env.str("VERIFICATION_RESEND_RATE", "5/hour")
+    EMAIL_VERIFY_MAX_AGE_S = env.int("EMAIL_VERIFY_MAX_AGE_S", 3 * 86400, validate=Range(min=60))
 
     SECURE_SSL_REDIRECT = env.bool("SECURE_SSL_REDIRECT", PRODUCTION)
     SECURE_HSTS_SECONDS = env.int("SECURE_HSTS_SECONDS", 63072000 if PRODUCTION else 0)
@@ -230,7 +236,13 @@ REST_FRAMEWORK = {
         "uploads": UPLOAD_RATE,
         "login": LOGIN_RATE,
         "job_actions": JOB_ACTION_RATE,
+        "signup": SIGNUP_RATE,
+        "signup_global": SIGNUP_GLOBAL_RATE,
+        "verification_resend": VERIFICATION_RESEND_RATE,
     },
+    # nginx sets X-Forwarded-For to the address it sees (it never passes a client's own):
+    # the one proxy in front of Django. Throttles key on that address.
+    "NUM_PROXIES": 1,
 }
 SPECTACULAR_SETTINGS = {
     "TITLE": "core audio API",

@@ -6,14 +6,19 @@ from pathlib import Path
 import pytest
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import AbstractBaseUser
+from django.utils import timezone
 
+from accounts.models import EmailAddress
 from audio import tasks
 from audio.models import Job
 
 
-def make_user(name: str = "olga") -> AbstractBaseUser:
+def make_user(name: str = "olga", verified: bool = True) -> AbstractBaseUser:
+    """A user; `verified` as if they had followed the link of the verification email."""
     username = f"{name}-{uuid.uuid4().hex[:6]}"
-    return get_user_model().objects.create_user(username, f"{username}@example.com", "pw-123456!")
+    user = get_user_model().objects.create_user(username, f"{username}@example.com", "pw-123456!")
+    EmailAddress.objects.create(user=user, verified_at=timezone.now() if verified else None)
+    return user
 
 
 def make_job(user: AbstractBaseUser, tmp_path: Path, settings: object, **fields: object) -> Job:

@@ -5,12 +5,12 @@ import io
 from pathlib import Path
 
 import pytest
-from django.contrib.auth import get_user_model
 from rest_framework.test import APIClient
 
 from audio.models import Job
 from core.celery import app as celery_app
 from tests.audio import corpus, signals
+from tests.audio.conftest import make_user
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -31,7 +31,7 @@ def eager_tasks():
 
 
 def client_for(username: str) -> APIClient:
-    user = get_user_model().objects.create_user(username, f"{username}@example.com", "pw-123456!")
+    user = make_user(username)
     client = APIClient()
     client.force_authenticate(user)
     return client

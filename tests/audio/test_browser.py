@@ -2,13 +2,12 @@
 stack: log in, upload with a progress bar, live status, waveform drawn, players, loudness."""
 
 import shutil
-import uuid
 
 import pytest
 from playwright.sync_api import sync_playwright
 
 from tests.audio import signals
-from tests.conftest import NativeStack
+from tests.conftest import PASSWORD, NativeStack
 
 pytestmark = pytest.mark.e2e
 
@@ -23,11 +22,8 @@ def test_upload_and_follow_a_job_in_the_browser(native_stack: NativeStack, tmp_p
     chromium = shutil.which("chromium")
     assert chromium, "chromium is missing: `make test` installs it (Debian package chromium)"
     monkeypatch.setenv("HOME", str(tmp_path))  # Chromium writes its profile there
-    username, password = f"page-{uuid.uuid4().hex[:8]}", "correct-horse-42"
-    with native_stack.client() as client:
-        account = {"username": username, "email": f"{username}@example.com", "password": password}
-        signup = client.post("/api/auth/signup/", json=account)
-        assert signup.status_code == 201
+    account = native_stack.signup("page")
+    username, password = account.username, PASSWORD
     hostile = "<img src=x onerror=document.title='pwned'>"
     source = signals.write(tmp_path / "show.flac", signals.program(16), "flac",
                            metadata={"title": hostile})  # fmt: skip

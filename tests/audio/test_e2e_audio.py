@@ -2,7 +2,6 @@
 PgBouncer -> PostgreSQL; the real Celery worker; files through X-Accel-Redirect; real SMTP."""
 
 import time
-import uuid
 from pathlib import Path
 
 import httpx
@@ -14,15 +13,6 @@ from tests.audio import corpus, signals
 from tests.conftest import NativeStack
 
 pytestmark = pytest.mark.e2e
-
-
-def signup(client: httpx.Client, name: str) -> dict[str, str]:
-    username = f"{name}-{uuid.uuid4().hex[:8]}"
-    response = client.post("/api/auth/signup/", json={
-        "username": username, "email": f"{username}@example.com", "password": "correct-horse-42",
-    })  # fmt: skip
-    assert response.status_code == 201, response.text
-    return {"Authorization": f"Token {response.json()['token']}"}
 
 
 def upload(client: httpx.Client, auth: dict[str, str], path: Path, preset: str = "podcast"):
@@ -48,7 +38,7 @@ def test_upload_to_download_through_the_stack(
     native_stack: NativeStack, smtp_sink, tmp_path
 ) -> None:
     with native_stack.client() as client:
-        auth = signup(client, "alice")
+        auth = native_stack.signup("alice").auth
         source = signals.write(tmp_path / "episode.m4a", signals.program(20), "m4a")
         response = upload(client, auth, source)
         assert response.status_code == 202, response.text
@@ -74,7 +64,7 @@ def test_upload_to_download_through_the_stack(
         # The files themselves are not reachable without Django's permission check.
         direct = client.get(f"/protected-media/jobs/{job['id']}/rendition.mp3")
         assert direct.status_code == 404
-        intruder = signup(client, "mallory")
+        intruder = native_stack.signup("mallory").auth
         stolen = client.get(job["renditions"][0]["download_url"], headers=intruder)
         assert stolen.status_code == 404
     email = smtp_sink.wait_for(lambda m: "episode.m4a" in m["subject"] and "ready" in m["subject"])
@@ -84,7 +74,7 @@ def test_upload_to_download_through_the_stack(
 
 def test_a_bad_file_fails_with_a_reason_and_an_email(native_stack, smtp_sink, tmp_path) -> None:
     with native_stack.client() as client:
-        auth = signup(client, "bob")
+        auth = native_stack.signup("bob").auth
         response = upload(client, auth, corpus.nan_samples(tmp_path))
         assert response.status_code == 202
         job = wait_finished(client, auth, response.json()["id"])

@@ -14,7 +14,7 @@ from django.test import Client
 from django.utils import timezone
 from rest_framework.test import APIClient
 
-from accounts.api import LoginThrottle
+from accounts.throttles import LoginThrottle
 from audio.models import Job, Rendition
 from audio.permissions import UploadThrottle
 from audio.services import housekeeping, jobs, notifications

@@ -162,8 +162,8 @@ def tasks_waiting(chaos: Chaos, job_ids: set[str]) -> int:
 
 def test_broker_killed_with_tasks_queued_loses_no_job(chaos: Chaos, program: Path) -> None:
     started = time.monotonic()
+    accounts = [chaos.stack.signup("broker") for _ in range(3)]  # (the worker sends the links)
     chaos.supervisor("stop", "celery_worker")
-    accounts = [chaos.stack.signup("broker") for _ in range(3)]
     queued = {}
     for i in range(10):
         name = f"broker-{i:02d}-{uuid.uuid4().hex[:6]}.flac"

@@ -16,6 +16,8 @@ from django.db import transaction
 from django.db.models import Q, Sum
 from django.utils import timezone
 
+from accounts import services as accounts
+
 from ..models import Job, Rendition
 from ..presets import PRESETS
 from ..processing import media
@@ -28,8 +30,8 @@ OUT_OF_SPACE = (errno.ENOSPC, errno.EDQUOT)
 
 class Refused(ValueError):
     """A request the job's state or the owner's limits do not allow; the message is for the user
-    and `status` the HTTP status that says why (400 bad input, 409 state, 413 quota, 429 limit,
-    507 the server's storage is full)."""
+    and `status` the HTTP status that says why (400 bad input, 403 unconfirmed email address,
+    409 state, 413 quota, 429 limit, 507 the server's storage is full)."""
 
     def __init__(self, message: str, status: int = 400) -> None:
         super().__init__(message)
@@ -92,6 +94,12 @@ def new_task_id() -> str:
 
 def create_job(owner: AbstractBaseUser, upload: UploadedFile, preset: str) -> Job:
     """Store the upload under a server-generated name, check it is audio, queue its processing."""
+    if not accounts.is_verified(owner):
+        raise Refused(
+            f"confirm your email address first: open the link we sent to {owner.email} "
+            "(POST /api/auth/verify/resend/ sends another)",
+            status=403,
+        )
     if preset not in PRESETS:
         raise Refused(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
     if upload.size == 0:
