@@ -54,10 +54,10 @@ def test_a_forged_x_forwarded_for_does_not_reset_the_signup_limit(
 def test_nginx_limits_every_credentials_path_per_address(native_stack: NativeStack, path) -> None:
     burst = int(native_stack.env["NGINX_LOGIN_BURST"])
     with native_stack.client(local_address=native_stack.new_address()) as client:
-        responses = [client.get(path, headers=forged(i)) for i in range(burst + 3)]
-    refused = [r for r in responses if r.status_code == 429]
+        responses = [client.get(path, headers=forged(i)) for i in range(burst + 5)]
+    # nginx's own page (Django's throttles may answer 429 first on the API's paths).
+    refused = [r for r in responses if r.status_code == 429 and "nginx" in r.text]
     assert refused, [r.status_code for r in responses]
-    assert "nginx" in refused[0].text
     assert "strict-transport-security" in refused[0].headers  # security headers on errors too
 
 

@@ -7,10 +7,13 @@ class LoginThrottle(AnonRateThrottle):
     scope = "login"
 
 
-class SignupThrottle(AnonRateThrottle):
-    """Accounts created per client address."""
+class SignupThrottle(SimpleRateThrottle):
+    """Accounts created per client address, signed in or not (one session can sign up again)."""
 
     scope = "signup"
+
+    def get_cache_key(self, request: object, view: object) -> str:
+        return self.cache_format % {"scope": self.scope, "ident": self.get_ident(request)}
 
 
 class SignupGlobalThrottle(SimpleRateThrottle):
