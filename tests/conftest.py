@@ -5,7 +5,7 @@ import sys
 import time
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from email import policy
 from email.message import EmailMessage
 from email.parser import BytesParser
@@ -39,6 +39,9 @@ class Account:
 class NativeStack:
     env: dict[str, str]
     mail: "SmtpSink | None" = None  # where the stack's mail goes (EMAIL_URL)
+    # Where each service's log stood when this test session began: `log()` reads from there, so
+    # a stack kept from an earlier run (KEEP_TEST_STACK) never shows that run's lines.
+    log_start: dict[str, int] = field(default_factory=dict)
 
     @property
     def base_url(self) -> str:
@@ -103,8 +106,20 @@ class NativeStack:
     def pid(self, service: str) -> int:
         return int(self.supervisorctl("pid", service).strip())
 
+    def _log_path(self, service: str) -> Path:
+        return Path(self.env["STACK_DIR"]) / "log" / f"{service}.log"
+
+    def mark_logs(self) -> None:
+        for path in self._log_path("x").parent.glob("*.log"):
+            self.log_start[path.stem] = path.stat().st_size
+
     def log(self, service: str) -> str:
-        return (Path(self.env["STACK_DIR"]) / "log" / f"{service}.log").read_text(errors="replace")
+        """What the service logged during this test session."""
+        path = self._log_path(service)
+        start = self.log_start.get(service, 0)
+        with path.open("rb") as f:
+            f.seek(start if path.stat().st_size >= start else 0)  # 0: supervisord rotated it
+            return f.read().decode(errors="replace")
 
     def diagnostics_headers(self) -> dict[str, str]:
         return {"X-Diagnostics-Token": self.env["DIAGNOSTICS_TOKEN"]}
@@ -130,7 +145,9 @@ def native_stack(smtp_sink: "SmtpSink") -> Iterator[NativeStack]:
         if result.returncode != 0:
             pytest.fail(f"stack.py up failed:\n{result.stdout}\n{result.stderr}")
         print(result.stdout)
-        yield NativeStack(STACK_ENV, smtp_sink)
+        stack = NativeStack(STACK_ENV, smtp_sink)
+        stack.mark_logs()
+        yield stack
     finally:
         if not os.environ.get("KEEP_TEST_STACK"):
             down = _run_stack("down")

@@ -1,6 +1,10 @@
 """Event streams (/jobs/events/) held open by a test, as browser tabs hold them."""
 
+import contextlib
 import json
+import os
+import socket
+import ssl
 import threading
 import time
 from collections.abc import Iterator
@@ -28,6 +32,7 @@ class OpenStream:
         self.opened = threading.Event()
         self.ended = threading.Event()  # set at the first clean end
         self._closing = False
+        self._socket: socket.socket | None = None
         self.thread = threading.Thread(target=self._follow, daemon=True)
         self.thread.start()
 
@@ -37,15 +42,17 @@ class OpenStream:
                 self.clean_ends += 1
                 self.ended.set()
                 time.sleep(self.retry_s)
-        except httpx.HTTPError as exc:
+        except (httpx.HTTPError, ssl.SSLError, OSError) as exc:
             if not self._closing:
                 self.error = type(exc).__name__
         finally:
             self.opened.set()
+            self.client.close()  # by this thread: an SSL connection is never used by two
 
     def _read_once(self) -> bool:
         """One response; True if it was a stream that ended cleanly."""
         with self.client.stream("GET", "/jobs/events/", timeout=60) as response:
+            self._socket = response.extensions["network_stream"].get_extra_info("socket")
             self.status = self.status or response.status_code
             self.last_status = response.status_code
             self.opened.set()
@@ -65,8 +72,16 @@ class OpenStream:
     retry_s = 3.0
 
     def close(self) -> None:
+        """End the stream from another thread without touching its TLS state: shut the TCP
+        connection down underneath, and the reading thread sees it end and cleans up."""
         self._closing = True
-        self.client.close()
+        if self._socket is not None:
+            with (
+                contextlib.suppress(OSError),
+                socket.socket(fileno=os.dup(self._socket.fileno())) as raw,
+            ):
+                raw.shutdown(socket.SHUT_RDWR)
+        self.thread.join(10)
 
 
 def tabs(native_stack: NativeStack, account: Account, count: int, address: str | None = None):

@@ -2,6 +2,7 @@
 
 from django.contrib.auth import get_user_model, password_validation
 from django.contrib.auth.models import AbstractBaseUser
+from drf_spectacular.utils import extend_schema
 from rest_framework import permissions, serializers, status
 from rest_framework.authtoken.models import Token
 from rest_framework.authtoken.views import ObtainAuthToken
@@ -54,6 +55,7 @@ class Signup(GenericAPIView):
 class ResendVerification(APIView):
     throttle_classes = [VerificationResendThrottle]
 
+    @extend_schema(request=None, responses={200: dict, 202: dict, 429: dict})
     def post(self, request: Request) -> Response:
         if services.is_verified(request.user):
             return Response({"detail": "your email address is already confirmed"})
