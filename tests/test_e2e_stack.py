@@ -7,6 +7,7 @@ import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 import httpx
 import psycopg
@@ -163,6 +164,23 @@ def test_flower_needs_credentials(native_stack: NativeStack) -> None:
         response = client.get("/flower/workers", auth=(user, password))
     assert response.status_code == 200
     assert "Flower" in response.text
+
+
+def test_flower_password_guessing_is_rate_limited(native_stack: NativeStack) -> None:
+    burst = int(native_stack.env.get("NGINX_FLOWER_BURST", "40"))
+    with native_stack.client(local_address=native_stack.new_address()) as client:
+        codes = [client.get("/flower/", auth=("admin", f"guess-{i}")).status_code
+                 for i in range(burst + 5)]  # fmt: skip
+    assert codes[0] == 401 and codes[-1] == 429, codes
+
+
+def test_secret_files_are_private(native_stack: NativeStack) -> None:
+    state = Path(native_stack.env["STACK_DIR"])
+    for path in (
+        state / "secrets.env",
+        Path(native_stack.env["PGBOUNCER_CONF_DIR"]) / "userlist.txt",
+    ):
+        assert path.stat().st_mode & 0o777 == 0o600, path
 
 
 def test_celery_task_round_trip_through_the_real_worker(native_stack: NativeStack) -> None:

@@ -4,6 +4,7 @@ import os
 import time
 
 import pytest
+import redis
 from django.test import Client, override_settings
 
 from health import heartbeat
@@ -71,3 +72,28 @@ def test_heartbeat_age_and_check(tmp_path, monkeypatch) -> None:
     old = time.time() - 120
     os.utime(tmp_path / "worker", (old, old))
     assert heartbeat.main(["check", "worker", "--max-age", "30"]) == 1
+
+
+def test_readyz_from_outside_shows_only_the_status() -> None:
+    """Through nginx the client's address is the visitor's: no hosts, latencies or errors."""
+    public = Client(REMOTE_ADDR="203.0.113.9")
+    assert public.get("/readyz").json() == {"status": "ok"}
+    with override_settings(CELERY_BROKER_URL="redis://10.9.8.7:1/0"):
+        response = public.get("/readyz")
+    assert response.status_code == 503
+    assert response.json() == {"status": "unavailable"}  # not a word about 10.9.8.7
+    assert "checks" in Client(REMOTE_ADDR="10.0.0.5").get("/readyz").json()
+
+
+def test_readiness_probes_reuse_their_broker_connection(settings) -> None:
+    broker = redis.Redis.from_url(settings.CELERY_BROKER_URL)
+    Client().get("/readyz")  # the first probe opens the pooled connection
+
+    def accepted() -> int:
+        return broker.info("stats")["total_connections_received"]
+
+    before = accepted()
+    for _ in range(30):
+        assert Client().get("/readyz").status_code == 200
+    # Other processes of the stack connect now and then; a connection per probe would be 30.
+    assert accepted() - before < 10

@@ -5,6 +5,7 @@ start-up with an error that names it. Variables are documented in `.env.example`
 `.env.prod.example`.
 """
 
+import ipaddress
 from pathlib import Path
 
 from django.core.exceptions import ImproperlyConfigured
@@ -49,6 +50,11 @@ try:
     UPLOAD_MAX_MB = env.int("UPLOAD_MAX_MB", 200, validate=Range(min=1, max=4096))
 
     DIAGNOSTICS_TOKEN = env.str("DIAGNOSTICS_TOKEN", "")
+    # Client networks whose /readyz answers show each component's latency and error.
+    READYZ_DETAIL_FROM = env.list(
+        "READYZ_DETAIL_FROM",
+        ["127.0.0.0/8", "::1/128", "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16"],
+    )
     SITE_URL = env.str("SITE_URL", "https://localhost:8443")
 
     AUDIO_MAX_DURATION_S = env.int("AUDIO_MAX_DURATION_S", 3 * 3600, validate=Range(min=1))
@@ -100,6 +106,10 @@ if PRODUCTION:
         _fail("SECRET_KEY", "must be a random string of at least 50 characters in production")
     if not ALLOWED_HOSTS:
         _fail("ALLOWED_HOSTS", "must list the site's host names in production")
+try:
+    READYZ_DETAIL_FROM = [ipaddress.ip_network(net) for net in READYZ_DETAIL_FROM]
+except ValueError as exc:
+    _fail("READYZ_DETAIL_FROM", f"must list networks such as 10.0.0.0/8 ({exc})")
 if CELERY_TASK_SOFT_TIME_LIMIT >= CELERY_TASK_TIME_LIMIT:
     _fail("CELERY_TASK_SOFT_TIME_LIMIT", "must be lower than CELERY_TASK_TIME_LIMIT")
 if AUDIO_HEARTBEAT_TIMEOUT_S < 3 * AUDIO_HEARTBEAT_S:

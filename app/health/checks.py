@@ -9,7 +9,7 @@ from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.core.cache import cache
 from django.db import connections
-from kombu import Connection
+from kombu import Connection, pools
 
 CHECK_TIMEOUT_SECONDS = 2.0
 
@@ -54,10 +54,19 @@ def check_cache() -> None:
 
 
 def check_broker() -> None:
-    with Connection(settings.CELERY_BROKER_URL, connect_timeout=CHECK_TIMEOUT_SECONDS) as conn:
+    """A PING on a pooled broker connection (kombu's pools, one per URL): probes every few
+    seconds must not open a connection each."""
+    url = Connection(settings.CELERY_BROKER_URL, connect_timeout=CHECK_TIMEOUT_SECONDS)
+    conn = pools.connections[url].acquire(block=True, timeout=CHECK_TIMEOUT_SECONDS)
+    try:
         conn.ensure_connection(max_retries=1, timeout=CHECK_TIMEOUT_SECONDS)
         if hasattr(conn.default_channel, "client"):  # Redis transport: make it answer
             conn.default_channel.client.ping()
+    except Exception:
+        conn.collect()  # a broken connection is dropped; the next probe gets a new one
+        raise
+    finally:
+        conn.release()
 
 
 READINESS_CHECKS: dict[str, Callable[[], None]] = {

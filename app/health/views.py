@@ -1,5 +1,6 @@
 import asyncio
 import hmac
+import ipaddress
 import time
 import uuid
 
@@ -22,16 +23,26 @@ async def healthz(request: HttpRequest) -> JsonResponse:
     return JsonResponse({"status": "ok"})
 
 
+def is_internal(request: HttpRequest) -> bool:
+    """The client's address (the proxy's view of it) is in READYZ_DETAIL_FROM."""
+    try:
+        address = ipaddress.ip_address(request.META.get("REMOTE_ADDR", ""))
+    except ValueError:
+        return False
+    return any(address in network for network in settings.READYZ_DETAIL_FROM)
+
+
 @never_cache
 @require_GET
 async def readyz(request: HttpRequest) -> JsonResponse:
-    """Readiness: database (through PgBouncer), cache and broker, each with its latency."""
+    """Readiness: database (through PgBouncer), cache and broker. Probes from internal
+    addresses (orchestrators, operators) get each component's latency and error; anyone else
+    only the status, never hosts or error texts."""
     results = await run_readiness_checks()
     ready = all(r.ok for r in results)
-    body = {
-        "status": "ok" if ready else "unavailable",
-        "checks": {r.name: r.as_dict() for r in results},
-    }
+    body: dict[str, object] = {"status": "ok" if ready else "unavailable"}
+    if is_internal(request):
+        body["checks"] = {r.name: r.as_dict() for r in results}
     return JsonResponse(body, status=200 if ready else 503)
 
 

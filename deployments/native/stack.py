@@ -143,10 +143,12 @@ def _ensure_secrets(path: Path) -> None:
     if not missing:
         return
     path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("a", encoding="utf-8") as out:
+    # 0600 from the first byte (not chmodded afterwards): no moment when others may read it.
+    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    with os.fdopen(descriptor, "a", encoding="utf-8") as out:
+        os.fchmod(out.fileno(), 0o600)  # a file left by an older version may be wider
         for name in missing:
             out.write(f"{name}={secrets.token_urlsafe(48 if name == 'SECRET_KEY' else 24)}\n")
-    path.chmod(0o600)
 
 
 def load_env() -> dict[str, str]:
