@@ -392,6 +392,7 @@ def run_encode_only(
                 encode.FORMATS[name],
                 gain_db=gain,
                 limit_dbfs=limit,
+                limits=media.Limits(),
             )
         except FAILURES as exc:
             run.steps.append(Step(name, time.perf_counter() - started, error=str(exc)))

@@ -68,6 +68,12 @@ try:
     AUDIO_QUEUED_GRACE_S = env.int("AUDIO_QUEUED_GRACE_S", 120, validate=Range(min=10))
     AUDIO_MAX_ATTEMPTS = env.int("AUDIO_MAX_ATTEMPTS", 3, validate=Range(min=1))
     AUDIO_MAX_ACTIVE_JOBS = env.int("AUDIO_MAX_ACTIVE_JOBS", 5, validate=Range(min=1))
+    # Each encoder (ffmpeg) runs under rlimits: address space, CPU seconds, largest file written
+    # (a rendition); the worker's own processes (PyAV decoding) under an address-space limit.
+    AUDIO_ENCODER_MEMORY_MB = env.int("AUDIO_ENCODER_MEMORY_MB", 1024, validate=Range(min=64))
+    AUDIO_ENCODER_CPU_S = env.int("AUDIO_ENCODER_CPU_S", 600, validate=Range(min=1))
+    AUDIO_MAX_OUTPUT_MB = env.int("AUDIO_MAX_OUTPUT_MB", 2048, validate=Range(min=1))
+    AUDIO_WORKER_MEMORY_MB = env.int("AUDIO_WORKER_MEMORY_MB", 2048, validate=Range(min=256))
     AUDIO_USER_QUOTA_MB = env.int("AUDIO_USER_QUOTA_MB", 2048, validate=Range(min=1))
     UPLOAD_RATE = env.str("UPLOAD_RATE", "30/hour")
     JOB_ACTION_RATE = env.str("JOB_ACTION_RATE", "30/minute")

@@ -1,6 +1,9 @@
 """Audio processing against real decoders and encoders (PyAV/FFmpeg, libebur128, ffmpeg CLI)."""
 
 import json
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -8,8 +11,10 @@ import pytest
 from audio.presets import PRESETS
 from audio.processing import encode, media
 from tests.audio import signals
+from tests.stack_env import REPO_DIR
 
 LIMITS = media.Limits(max_duration_s=600)
+APP_DIR = REPO_DIR / "app"
 
 
 @pytest.mark.parametrize(("dbfs", "channels", "expected"), [(-18, 2, -18.0), (-23, 2, -23.0),
@@ -99,3 +104,49 @@ def test_tags_are_sanitised(tmp_path) -> None:
     )
     assert tags["title"].startswith("<script>")  # kept as text; escaped where it is shown
     assert len(tags["comment"]) <= media.TAG_MAX_CHARS
+
+
+def render_podcast_mp3(tmp_path, seconds: float, limits: media.Limits) -> encode.Rendition:
+    source = signals.write(tmp_path / "long.wav", signals.program(seconds))
+    analysis = media.analyse(source, LIMITS, waveform=False)
+    return encode.render(source, analysis, encode.FORMATS["mp3"], tmp_path / "out" / "r.mp3",
+                         target_lufs=-16, ceiling_dbtp=-1, limits=limits)  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("limit", "reason"),
+    [
+        ({"max_output_bytes": 64 * 1024}, "larger than the 0 MB limit"),
+        ({"encoder_cpu_s": 1}, "more than its 1 s of CPU time"),
+        ({"encoder_memory_bytes": 32 * 2**20}, "needed more than its 32 MB of memory"),
+    ],
+    ids=["output size", "cpu time", "memory"],
+)
+def test_the_encoder_runs_under_rlimits_and_leaves_no_file(tmp_path, limit, reason) -> None:
+    (tmp_path / "out").mkdir()
+    seconds = 240 if "encoder_cpu_s" in limit else 20  # 240 s of MP3 take well over 1 s of CPU
+    with pytest.raises(media.InvalidAudio, match=reason):
+        render_podcast_mp3(tmp_path, seconds, media.Limits(max_duration_s=600, **limit))
+    assert list((tmp_path / "out").iterdir()) == []  # no partial rendition, no attempt file
+
+
+def test_the_same_encode_passes_within_the_default_limits(tmp_path) -> None:
+    (tmp_path / "out").mkdir()
+    rendition = render_podcast_mp3(tmp_path, 20, media.Limits(max_duration_s=600))
+    assert rendition.within_target and rendition.path.stat().st_size > 64 * 1024
+
+
+def test_worker_processes_get_an_address_space_limit() -> None:
+    """The worker_process_init hook, in a fresh process: allocating past it is a MemoryError
+    (a job decoding such a file fails, saying so), not a machine out of memory."""
+    code = (
+        "import django; django.setup()\n"
+        "from core.celery import limit_worker_memory\n"
+        "limit_worker_memory()\n"
+        "try:\n    bytearray(300 * 2**20)\nexcept MemoryError:\n    print('MemoryError')\n"
+    )
+    env = {**os.environ, "DJANGO_SETTINGS_MODULE": "core.settings",
+           "AUDIO_WORKER_MEMORY_MB": "256"}  # fmt: skip
+    result = subprocess.run([sys.executable, "-c", code], env=env, cwd=APP_DIR,
+                            capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert result.stdout.strip() == "MemoryError", result.stderr

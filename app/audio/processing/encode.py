@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import functools
 import math
+import resource
 import signal
 import subprocess
 import sys
@@ -82,29 +84,38 @@ def render(
 ) -> Rendition:
     gain = plan_gain(analysis.loudness, target_lufs)
     if gain is None:
-        _ffmpeg(source, demuxer_name(analysis), dest, fmt, gain_db=0.0, limit_dbfs=ceiling_dbtp)
+        _ffmpeg(source, demuxer_name(analysis), dest, fmt, gain_db=0.0, limit_dbfs=ceiling_dbtp,
+                limits=limits)  # fmt: skip
         measured = analyse(dest, limits, waveform=False).loudness
         return Rendition(fmt, dest, measured, 0.0, False, "silent: nothing to normalise")
     limit = ceiling_dbtp - 0.5
     attempts: list[tuple[Path, Loudness, float]] = []
-    for attempt in range(1, MAX_ATTEMPTS + 1):
-        path = dest.with_name(f"{dest.stem}.try{attempt}{dest.suffix}")
-        _ffmpeg(source, demuxer_name(analysis), path, fmt, gain_db=gain, limit_dbfs=limit)
-        measured = analyse(path, limits, waveform=False).loudness
-        attempts.append((path, measured, gain))
-        if measured.integrated_lufs is None:
-            break
-        error = target_lufs - measured.integrated_lufs
-        overshoot = (measured.true_peak_dbtp or -math.inf) - ceiling_dbtp
-        if abs(error) <= SETTLE_LU and overshoot <= 0:
-            break
-        # Lossy encoders and the limiter's sample-peak view push true peaks up: the ceiling
-        # comes first (more gain would push them further). Then loud limiting pulls loudness
-        # down: add the missing gain.
-        if overshoot > 0:
-            limit -= overshoot + 0.3
-        elif abs(error) > SETTLE_LU:
-            gain += error
+    made: list[Path] = []
+    try:
+        for attempt in range(1, MAX_ATTEMPTS + 1):
+            path = dest.with_name(f"{dest.stem}.try{attempt}{dest.suffix}")
+            made.append(path)
+            _ffmpeg(source, demuxer_name(analysis), path, fmt, gain_db=gain, limit_dbfs=limit,
+                    limits=limits)  # fmt: skip
+            measured = analyse(path, limits, waveform=False).loudness
+            attempts.append((path, measured, gain))
+            if measured.integrated_lufs is None:
+                break
+            error = target_lufs - measured.integrated_lufs
+            overshoot = (measured.true_peak_dbtp or -math.inf) - ceiling_dbtp
+            if abs(error) <= SETTLE_LU and overshoot <= 0:
+                break
+            # Lossy encoders and the limiter's sample-peak view push true peaks up: the ceiling
+            # comes first (more gain would push them further). Then loud limiting pulls loudness
+            # down: add the missing gain.
+            if overshoot > 0:
+                limit -= overshoot + 0.3
+            elif abs(error) > SETTLE_LU:
+                gain += error
+    except BaseException:  # no attempt file outlives a failure (a limit, a bad file, a timeout)
+        for path in made:
+            path.unlink(missing_ok=True)
+        raise
     # Deliver the attempt that keeps both promises and is closest to the target; failing
     # that, the one nearest to keeping them.
     path, measured, gain = min(attempts, key=lambda a: _miss(a[1], target_lufs, ceiling_dbtp))
@@ -143,7 +154,14 @@ def _miss(loudness: Loudness, target_lufs: float, ceiling_dbtp: float) -> tuple[
 
 
 def _ffmpeg(
-    source: Path, demuxer: str, dest: Path, fmt: Format, *, gain_db: float, limit_dbfs: float
+    source: Path,
+    demuxer: str,
+    dest: Path,
+    fmt: Format,
+    *,
+    gain_db: float,
+    limit_dbfs: float,
+    limits: Limits,
 ) -> None:
     limit = min(max(10 ** (limit_dbfs / 20), 0.0625), 1.0)
     filters = (
@@ -155,24 +173,52 @@ def _ffmpeg(
         "-map", "0:a:0", "-vn", "-sn", "-dn", "-map_metadata", "-1",
         "-af", filters, *fmt.codec_args, "-y", str(dest),
     ]  # fmt: skip
+    cpu_before = _children_cpu_s()
     try:
         subprocess.run(
             command, capture_output=True, timeout=ENCODE_TIMEOUT_S, check=True,
-            preexec_fn=_die_with_parent,  # only a prctl: safe after fork
+            preexec_fn=functools.partial(_confine, limits),  # only prctl/setrlimit after fork
         )  # fmt: skip
     except subprocess.CalledProcessError as exc:
-        stderr = exc.stderr.decode(errors="replace")
-        if "No space left on device" in stderr:
-            raise OSError(errno.ENOSPC, f"encoding {fmt.name}: no space left on device") from exc
-        message = stderr.strip().splitlines()[-1:] or ["?"]
-        raise InvalidAudio(f"encoding {fmt.name} failed: {message[0][:200]}") from exc
+        dest.unlink(missing_ok=True)
+        raise _failure(exc, fmt, limits, _children_cpu_s() - cpu_before) from exc
+
+
+def _children_cpu_s() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def _failure(
+    exc: subprocess.CalledProcessError, fmt: Format, limits: Limits, cpu_s: float
+) -> Exception:
+    """Why the encoder stopped, for the job's owner (or OSError when the disk is full)."""
+    stderr = exc.stderr.decode(errors="replace")
+    if "No space left on device" in stderr:
+        return OSError(errno.ENOSPC, f"encoding {fmt.name}: no space left on device")
+    # ffmpeg catches SIGXCPU and exits quietly: its CPU time tells.
+    if cpu_s >= limits.encoder_cpu_s or exc.returncode in (-signal.SIGXCPU, -signal.SIGKILL):
+        return InvalidAudio(f"encoding {fmt.name} used more than its {limits.encoder_cpu_s} s "
+                            "of CPU time")  # fmt: skip
+    if exc.returncode == -signal.SIGXFSZ or "File too large" in stderr:
+        return InvalidAudio(f"the {fmt.name} rendition would be larger than the "
+                            f"{limits.max_output_bytes // 2**20} MB limit")  # fmt: skip
+    if "Cannot allocate memory" in stderr or exc.returncode == -signal.SIGSEGV:
+        return InvalidAudio(f"encoding {fmt.name} needed more than its "
+                            f"{limits.encoder_memory_bytes // 2**20} MB of memory")  # fmt: skip
+    message = stderr.strip().splitlines()[-1:] or [f"exit status {exc.returncode}"]
+    return InvalidAudio(f"encoding {fmt.name} failed: {message[0][:200]}")
 
 
 _PR_SET_PDEATHSIG = 1
 
 
-def _die_with_parent() -> None:
-    """In the encoder's process: be killed with the worker process that started it (a worker
-    killed mid-encode must not leave an encoder running)."""
+def _confine(limits: Limits) -> None:
+    """In the encoder's process, before it runs: die with the worker process that started it (a
+    worker killed mid-encode must not leave an encoder running), and run under rlimits on
+    memory, CPU time and the size of any file it writes (the rendition)."""
     if sys.platform == "linux":
         ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    resource.setrlimit(resource.RLIMIT_AS, (limits.encoder_memory_bytes,) * 2)
+    resource.setrlimit(resource.RLIMIT_CPU, (limits.encoder_cpu_s, limits.encoder_cpu_s + 5))
+    resource.setrlimit(resource.RLIMIT_FSIZE, (limits.max_output_bytes,) * 2)

@@ -43,6 +43,10 @@ class Limits:
     max_sample_rate: int = 192_000
     min_sample_rate: int = 8_000
     max_channels: int = 8
+    # Each encoder process: address space, CPU seconds, and the largest file it may write.
+    encoder_memory_bytes: int = 1024 * 2**20
+    encoder_cpu_s: int = 600
+    max_output_bytes: int = 2048 * 2**20
 
 
 @dataclass

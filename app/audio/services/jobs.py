@@ -43,6 +43,9 @@ def limits() -> media.Limits:
         max_duration_s=settings.AUDIO_MAX_DURATION_S,
         max_sample_rate=settings.AUDIO_MAX_SAMPLE_RATE,
         max_channels=settings.AUDIO_MAX_CHANNELS,
+        encoder_memory_bytes=settings.AUDIO_ENCODER_MEMORY_MB * 2**20,
+        encoder_cpu_s=settings.AUDIO_ENCODER_CPU_S,
+        max_output_bytes=settings.AUDIO_MAX_OUTPUT_MB * 2**20,
     )
 
 

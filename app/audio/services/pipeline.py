@@ -59,6 +59,9 @@ def process_job(job_id: str, task_id: str) -> None:
         _give_up(job_id, task_id)
     except media.InvalidAudio as exc:
         fail_run(job_id, task_id, str(exc))
+    except MemoryError:  # the worker's own address-space limit (AUDIO_WORKER_MEMORY_MB)
+        fail_run(job_id, task_id, "decoding the audio needed more than the worker's "
+                                  f"{settings.AUDIO_WORKER_MEMORY_MB} MB of memory")  # fmt: skip
     except OSError as exc:
         if exc.errno not in OUT_OF_SPACE:
             raise
