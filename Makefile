@@ -14,7 +14,7 @@ SYSTEM_COMMANDS := postgres:postgresql pgbouncer:pgbouncer redis-server:redis-se
 	envsubst:gettext-base curl:curl psql:postgresql-client openssl:openssl wrk:wrk
 TEST_COMMANDS := espeak-ng:espeak-ng chromium:chromium
 
-.PHONY: help up down restart reload ps logs test test-chaos test-containers lint bench bench-audio manage system-deps test-deps clean
+.PHONY: help up down restart reload ps logs test test-chaos test-containers lint audit bench bench-audio manage system-deps test-deps clean
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -71,6 +71,11 @@ test-containers: .venv/.synced ## build the images, run the compose stacks for r
 	trap 'deployments/containers-harness/engine-down' EXIT; \
 	deployments/containers-harness/base-images; \
 	.venv/bin/python -m pytest -m containers tests/containers $(PYTEST_ARGS)
+
+audit: .venv/.synced ## known vulnerabilities in the locked dependencies (pip-audit; needs PyPI's JSON API)
+	$(UV) export --format requirements-txt --no-hashes --no-emit-project --quiet > .venv/requirements-audit.txt
+	.venv/bin/pip-audit --requirement .venv/requirements-audit.txt --no-deps --disable-pip \
+		--progress-spinner off --strict
 
 bench: system-deps .venv/.synced ## benchmarks: req/s of a DB-backed endpoint, pooled vs CONN_MAX_AGE=0
 	.venv/bin/python benchmarks/db_endpoint.py
