@@ -2,8 +2,10 @@
 credentials paths, and accounts that never confirmed their address."""
 
 import uuid
+from pathlib import Path
 
 import httpx
+import redis
 import pytest
 
 from tests.audio import signals
@@ -79,3 +81,30 @@ def test_an_unverified_account_cannot_upload_until_the_emailed_link(
     with native_stack.client() as client:
         assert client.get(link).status_code == 200
     assert upload().status_code == 202
+
+
+@pytest.mark.parametrize("role", ["broker", "cache"])
+def test_redis_serves_only_its_own_user_with_no_admin_commands(
+    native_stack: NativeStack, role: str
+) -> None:
+    env = native_stack.env
+    port = int(env[f"REDIS_{role.upper()}_PORT"])
+    with pytest.raises(redis.AuthenticationError):  # the default user is off
+        redis.Redis(port=port).ping()
+    with pytest.raises(redis.AuthenticationError):
+        redis.Redis(port=port, username=role, password="wrong").ping()
+    url = env["CELERY_BROKER_URL" if role == "broker" else "CACHE_URL"]
+    client = redis.Redis.from_url(url)
+    assert client.ping()
+    for command in (("CONFIG", "GET", "*"), ("FLUSHALL",), ("ACL", "LIST"), ("SHUTDOWN",)):
+        with pytest.raises(redis.exceptions.NoPermissionError):
+            client.execute_command(*command)
+    if role == "broker":  # the queues cannot be wiped either
+        with pytest.raises(redis.exceptions.NoPermissionError):
+            client.flushdb()
+    acl = Path(env["REDIS_DATA_DIR"]) / f"{role}.acl"
+    assert acl.stat().st_mode & 0o777 == 0o600
+    assert env[f"REDIS_{role.upper()}_PASSWORD"] not in acl.read_text()  # only its SHA-256
+    listening = Path("/proc/net/tcp").read_text()
+    assert f"0100007F:{port:04X}" in listening  # bound to 127.0.0.1 only
+    assert f"00000000:{port:04X}" not in listening
