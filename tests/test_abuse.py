@@ -5,8 +5,8 @@ import uuid
 from pathlib import Path
 
 import httpx
-import redis
 import pytest
+import redis
 
 from tests.audio import signals
 from tests.conftest import PASSWORD, NativeStack
