@@ -5,6 +5,7 @@ import uuid
 from pathlib import Path
 
 import httpx
+import psycopg
 import pytest
 import redis
 
@@ -108,3 +109,22 @@ def test_redis_serves_only_its_own_user_with_no_admin_commands(
     listening = Path("/proc/net/tcp").read_text()
     assert f"0100007F:{port:04X}" in listening  # bound to 127.0.0.1 only
     assert f"00000000:{port:04X}" not in listening
+
+
+def test_the_app_role_reads_and_writes_rows_and_nothing_more(native_stack: NativeStack) -> None:
+    """What web, the worker and beat log in as (DATABASE_URL, through PgBouncer)."""
+    with psycopg.connect(native_stack.env["DATABASE_URL"], autocommit=True,
+                         prepare_threshold=None) as app:  # fmt: skip
+        assert app.execute("SELECT count(*) FROM audio_job").fetchone()[0] >= 0
+        (superuser,) = app.execute("SELECT rolsuper FROM pg_roles WHERE rolname = current_user")
+        assert superuser == (False,)
+        for forbidden in (
+            "CREATE TABLE intruder (id int)",
+            "DROP TABLE audio_job",
+            "ALTER TABLE audio_job ADD COLUMN x int",
+            "TRUNCATE audio_job",
+            "SELECT rolpassword FROM pg_authid",
+            "CREATE ROLE sneaky",
+        ):
+            with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                app.execute(forbidden)

@@ -112,3 +112,31 @@ def test_web_container_is_named_for_the_seed_commands() -> None:
         # Podman's Docker API stops with no grace at all unless one is set (podman#19139).
         assert svc.get("stop_grace_period"), name
     assert "proxy" not in prod["db"]["networks"] and "proxy" not in prod["pgbouncer"]["networks"]
+
+
+def test_dev_ports_are_published_on_loopback_only() -> None:
+    dev = resolved(".env.example")["services"]
+    published = {name: svc["ports"] for name, svc in dev.items() if svc.get("ports")}
+    assert {"web", "flower", "db", "mailpit"} <= set(published)
+    for name, ports in published.items():
+        if name == "nginx":
+            continue  # the site itself, as in production
+        assert all(port.get("host_ip") == "127.0.0.1" for port in ports), (name, ports)
+
+
+def test_only_the_proxy_network_may_forward_client_addresses() -> None:
+    config = resolved(".env.prod.example", ("docker-compose.yml",))
+    subnet = config["networks"]["proxy"]["ipam"]["config"][0]["subnet"]
+    assert config["services"]["web"]["environment"]["FORWARDED_ALLOW_IPS"] == subnet
+    assert "*" not in subnet
+
+
+def test_each_redis_gets_only_its_own_password() -> None:
+    services = resolved(".env.prod.example", ("docker-compose.yml",))["services"]
+    assert set(services["redis_broker"]["environment"]) == {"REDIS_BROKER_PASSWORD"}
+    assert set(services["redis_cache"]["environment"]) == {"REDIS_CACHE_PASSWORD"}
+    for name in ("web", "celery_worker", "celery_beat", "flower", "release"):
+        environment = services[name]["environment"]
+        assert environment["DATABASE_URL"].startswith("postgres://core_app:"), name
+        assert "@redis_broker" in environment["CELERY_BROKER_URL"], name
+        assert environment["CELERY_BROKER_URL"].startswith("redis://broker:"), name

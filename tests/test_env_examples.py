@@ -18,6 +18,7 @@ NOT_USER_FACING = {
     "ACME_ROOT", "TLS_CERT", "TLS_KEY", "WEB_BIND", "FLOWER_BIND", "FLOWER_PORT",
     "REDIS_BROKER_PORT", "REDIS_CACHE_PORT", "DATABASE_APPLICATION_NAME", "DATABASE_TEST_NAME",
     "RUN_RELEASE", "NGINX_RELOAD_INTERVAL", "CELERY_QUEUES", "CELERY_DATABASE_CONN_MAX_AGE",
+    "WAIT_DATABASE",
 }  # fmt: skip
 
 
@@ -50,5 +51,5 @@ def test_every_variable_is_documented(example: Path) -> None:
 def test_examples_hold_no_real_secrets() -> None:
     prod = dotenv_values(REPO_DIR / ".env.prod.example")
     for name in ("SECRET_KEY", "POSTGRES_PASSWORD", "PGBOUNCER_ADMIN_PASSWORD",
-                 "REDIS_BROKER_PASSWORD", "REDIS_CACHE_PASSWORD"):  # fmt: skip
+                 "REDIS_BROKER_PASSWORD", "REDIS_CACHE_PASSWORD", "APP_DB_PASSWORD"):  # fmt: skip
         assert prod[name].startswith("<"), f"{name} must be a placeholder"

@@ -38,6 +38,7 @@ GENERATED_SECRETS = (
     "DIAGNOSTICS_TOKEN",
     "REDIS_BROKER_PASSWORD",
     "REDIS_CACHE_PASSWORD",
+    "APP_DB_PASSWORD",
 )
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 
@@ -56,6 +57,7 @@ class Service:
     stop_signal: str = "TERM"
     stop_wait: int = 30
     start_timeout: int = 60
+    environment: tuple[tuple[str, str], ...] = ()  # on top of the stack's, for this one only
 
 
 def _script(*parts: str) -> str:
@@ -100,6 +102,7 @@ SERVICES = (
         ports=("WEB_PORT",),
         stop_wait=35,
         start_timeout=180,
+        environment=(("WAIT_DATABASE", "direct"),),  # its start runs the release step
     ),
     Service(
         "celery_worker",
@@ -274,6 +277,9 @@ def render_supervisord_conf(env: dict[str, str], services: list[Service]) -> str
         ]
         if service.as_postgres and _is_root():
             lines.append("user=postgres")
+        if service.environment:
+            pairs = ",".join(f'{key}="{value}"' for key, value in service.environment)
+            lines.append(f"environment={pairs}")
     return "\n".join(lines) + "\n"
 
 

@@ -78,6 +78,7 @@ def write_env_file() -> tuple[Path, dict[str, str]]:
         "POSTGRES_PASSWORD": secrets.token_urlsafe(24),
         "PGBOUNCER_ADMIN_PASSWORD": secrets.token_urlsafe(24),
         "REDIS_BROKER_PASSWORD": secrets.token_urlsafe(24),
+        "APP_DB_PASSWORD": secrets.token_urlsafe(24),
         "REDIS_CACHE_PASSWORD": secrets.token_urlsafe(24),
         "FLOWER_BASIC_AUTH": f"admin:{secrets.token_urlsafe(16)}",
         "DIAGNOSTICS_TOKEN": secrets.token_urlsafe(24),

@@ -25,13 +25,20 @@ class Command(BaseCommand):
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("--timeout", type=float, default=60.0, help="seconds (default 60)")
         parser.add_argument("--interval", type=float, default=1.0)
+        parser.add_argument(
+            "--database-variable",
+            default="DATABASE_URL",
+            help="the variable the database URL came from (for messages)",
+        )
 
-    def handle(self, *args: Any, timeout: float, interval: float, **options: Any) -> None:
+    def handle(
+        self, *args: Any, timeout: float, interval: float, database_variable: str, **options: Any
+    ) -> None:
         db = settings.DATABASES["default"]
         targets: list[tuple[str, str, Callable[[], None]]] = [
             (
                 "database",
-                f"DATABASE_URL ({db['HOST']}:{db['PORT']}/{db['NAME']})",
+                f"{database_variable} ({db['HOST']}:{db['PORT']}/{db['NAME']})",
                 check_database,
             ),
             ("broker", f"CELERY_BROKER_URL ({_where(settings.CELERY_BROKER_URL)})", check_broker),
