@@ -140,3 +140,22 @@ def test_each_redis_gets_only_its_own_password() -> None:
         assert environment["DATABASE_URL"].startswith("postgres://core_app:"), name
         assert "@redis_broker" in environment["CELERY_BROKER_URL"], name
         assert environment["CELERY_BROKER_URL"].startswith("redis://broker:"), name
+
+
+def test_every_service_runs_with_least_privilege() -> None:
+    services = resolved(".env.prod.example", ("docker-compose.yml",))["services"]
+    django = {"release", "web", "celery_worker", "celery_beat", "flower"}
+    for name, service in services.items():
+        if name == "certbot":
+            continue
+        assert "no-new-privileges:true" in service.get("security_opt", []), name
+        assert service.get("mem_limit"), name
+        if name in django | {"redis_broker", "redis_cache"}:
+            assert service.get("read_only") is True, name
+            assert service.get("cap_drop") == ["ALL"], name
+            assert service.get("pids_limit"), name
+        if name in django | {"pgbouncer"}:
+            assert service.get("cap_drop") == ["ALL"], name
+    dockerfile = (REPO_DIR / "deployments/compose/django/Dockerfile").read_text()
+    prod_stage = dockerfile.split("AS prod", 1)[1]
+    assert "ENV DJANGO_ENV=production" in prod_stage and "USER ${UID}:${GID}" in prod_stage
