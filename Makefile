@@ -12,9 +12,9 @@ STACK := .venv/bin/python deployments/native/stack.py
 # tests need (speech for test audio, a browser for the page tests).
 SYSTEM_COMMANDS := postgres:postgresql pgbouncer:pgbouncer redis-server:redis-server nginx:nginx-light \
 	envsubst:gettext-base curl:curl psql:postgresql-client openssl:openssl wrk:wrk
-TEST_COMMANDS := espeak-ng:espeak-ng chromium:chromium
+TEST_COMMANDS := espeak-ng:espeak-ng chromium:chromium certbot:certbot pebble:pebble
 
-.PHONY: help up down restart reload ps logs test test-chaos test-containers lint audit bench bench-audio manage system-deps test-deps clean
+.PHONY: help up down restart reload letsencrypt ps logs test test-chaos test-containers lint audit bench bench-audio manage system-deps test-deps clean
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -43,7 +43,12 @@ down: .venv/.synced ## stop the stack
 restart: down up ## stop, then start the stack
 
 reload: .venv/.synced ## reload web without dropping a request (Gunicorn HUP: new workers, then the old stop)
-	$(STACK) reload
+	$(STACK) reload web
+
+letsencrypt: .venv/.synced ## obtain a Let's Encrypt certificate for SERVER_NAME (README: "Let's Encrypt")
+	@command -v certbot >/dev/null || { echo "certbot is missing: apt-get install certbot" >&2; exit 1; }
+	$(STACK) run -- deployments/compose/certbot/certify obtain $(ARGS)
+	$(STACK) reload nginx
 
 ps: .venv/.synced ## state and health of every service
 	$(STACK) ps

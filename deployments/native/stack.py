@@ -509,7 +509,10 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("up", help="start every service and wait until all are healthy")
     sub.add_parser("down", help="stop every service")
     sub.add_parser("ps", help="state and health of every service")
-    sub.add_parser("reload", help="reload web without dropping requests (Gunicorn HUP)")
+    reload_parser = sub.add_parser(
+        "reload", help="reload a service without dropping requests: web (Gunicorn) or nginx"
+    )
+    reload_parser.add_argument("service", nargs="?", default="web", choices=["web", "nginx"])
     logs_parser = sub.add_parser("logs", help="follow the logs")
     logs_parser.add_argument("services", nargs="*")
     run_parser = sub.add_parser("run", help="run a command with the stack's environment")
@@ -525,8 +528,8 @@ def main(argv: list[str] | None = None) -> int:
             down(env)
         elif args.command == "ps":
             return ps(env)
-        elif args.command == "reload":
-            print(_supervisorctl(env, "signal", "HUP", "web").strip())
+        elif args.command == "reload":  # both reload gracefully on SIGHUP
+            print(_supervisorctl(env, "signal", "HUP", args.service).strip())
         elif args.command == "logs":
             logs(env, args.services)
         elif args.command == "run":

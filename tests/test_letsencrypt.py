@@ -1,0 +1,193 @@
+"""Let's Encrypt's flow for real against Pebble (Let's Encrypt's own ACME test server, Debian's
+package) and its mock DNS: HTTP-01 through the stack's nginx (its ACME location on the HTTP
+port), the issued chain served by nginx and verified with Pebble's root, then a forced renewal
+picked up by a reload while requests keep flowing, none failing."""
+
+import json
+import shutil
+import socket
+import ssl
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+from cryptography import x509
+
+from tests.conftest import NativeStack
+from tests.stack_env import REPO_DIR
+
+pytestmark = pytest.mark.e2e
+
+NAME = "site.example.test"
+CERTIFY = REPO_DIR / "deployments" / "compose" / "certbot" / "certify"
+PEBBLE_PORT, PEBBLE_MANAGEMENT_PORT, DNS_PORT = 14000, 15000, 8053
+
+
+@dataclass
+class Pebble:
+    directory: str
+    tls_ca: Path  # the CA of Pebble's own HTTPS endpoint
+    root: Path  # Pebble's issuing root, for the certificates it issues
+
+
+def wait_for_port(port: int, timeout: float = 20) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with socket.socket() as sock:
+            if sock.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.1)
+    raise AssertionError(f"nothing listens on {port}")
+
+
+@pytest.fixture
+def pebble(tmp_path: Path, native_stack: NativeStack) -> Iterator[Pebble]:
+    for binary in ("pebble", "pebble-challtestsrv", "certbot", "openssl"):
+        assert shutil.which(binary), f"{binary} is missing: `make test` installs it (Debian)"
+    # Pebble serves its ACME API over HTTPS: a certificate for it from a CA made here.
+    make_certs = REPO_DIR / "deployments" / "compose" / "nginx" / "make-local-certs"
+    subprocess.run([make_certs, tmp_path / "pebble.pem", tmp_path / "pebble.key"], check=True,
+                   capture_output=True)  # fmt: skip
+    config = {"pebble": {
+        "listenAddress": f"127.0.0.1:{PEBBLE_PORT}",
+        "managementListenAddress": f"127.0.0.1:{PEBBLE_MANAGEMENT_PORT}",
+        "certificate": str(tmp_path / "pebble.pem"), "privateKey": str(tmp_path / "pebble.key"),
+        # HTTP-01: Pebble fetches the token from nginx's HTTP port, as Let's Encrypt does.
+        "httpPort": int(native_stack.env["NGINX_HTTP_PORT"]), "tlsPort": 5001,
+        "ocspResponderURL": "", "externalAccountBindingRequired": False,
+    }}  # fmt: skip
+    (tmp_path / "pebble.json").write_text(json.dumps(config))
+    dns = subprocess.Popen(
+        ["pebble-challtestsrv", "-defaultIPv4", "127.0.0.1", "-defaultIPv6", "",
+         "-dns01", f"127.0.0.1:{DNS_PORT}", "-http01", "", "-https01", "", "-tlsalpn01", "",
+         "-management", "127.0.0.1:8055"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    server = subprocess.Popen(
+        ["pebble", "-config", str(tmp_path / "pebble.json"), "-dnsserver",
+         f"127.0.0.1:{DNS_PORT}"],
+        env={"PATH": "/usr/bin:/bin", "PEBBLE_VA_NOSLEEP": "1"},
+        stdout=(tmp_path / "pebble.log").open("wb"), stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    try:
+        wait_for_port(PEBBLE_PORT)
+        wait_for_port(PEBBLE_MANAGEMENT_PORT)
+        tls_ca = tmp_path / "ca.pem"  # make-local-certs leaves its CA beside the certificate
+        root = httpx.get(f"https://127.0.0.1:{PEBBLE_MANAGEMENT_PORT}/roots/0",
+                         verify=ssl.create_default_context(cafile=str(tls_ca)))  # fmt: skip
+        (tmp_path / "pebble-root.pem").write_bytes(root.content)
+        yield Pebble(f"https://127.0.0.1:{PEBBLE_PORT}/dir", tls_ca, tmp_path / "pebble-root.pem")
+    finally:
+        for process in (server, dns):
+            process.terminate()
+            process.wait(10)
+
+
+def served_certificate(stack: NativeStack, root: Path) -> x509.Certificate:
+    """What nginx presents for NAME, verified against Pebble's root (chain and host name)."""
+    context = ssl.create_default_context(cafile=str(root))
+    port = int(stack.env["NGINX_HTTPS_PORT"])
+    with (
+        socket.create_connection(("127.0.0.1", port), timeout=10) as raw,
+        context.wrap_socket(raw, server_hostname=NAME) as tls,
+    ):
+        return x509.load_der_x509_certificate(tls.getpeercert(binary_form=True))
+
+
+def install(stack: NativeStack, live: Path) -> None:
+    """What pointing TLS_CERT/TLS_KEY at certbot's live directory does, then nginx's reload."""
+    shutil.copyfile(live / "fullchain.pem", stack.env["TLS_CERT"])
+    shutil.copyfile(live / "privkey.pem", stack.env["TLS_KEY"])
+    assert "signalled" in stack.supervisorctl("signal", "HUP", "nginx")
+
+
+def test_issuance_and_renewal_through_nginx(native_stack: NativeStack, pebble: Pebble,
+                                           tmp_path: Path) -> None:  # fmt: skip
+    cert, key = Path(native_stack.env["TLS_CERT"]), Path(native_stack.env["TLS_KEY"])
+    saved = cert.read_bytes(), key.read_bytes()
+    env = {**native_stack.env, "SERVER_NAME": NAME, "LETSENCRYPT_EMAIL": "ops@example.test",
+           "ACME_SERVER": pebble.directory, "CERTBOT_DIR": str(tmp_path / "letsencrypt"),
+           "REQUESTS_CA_BUNDLE": str(pebble.tls_ca)}  # fmt: skip
+    live = tmp_path / "letsencrypt" / "live" / NAME
+    try:
+        obtained = subprocess.run([CERTIFY, "obtain"], env=env, capture_output=True, text=True,
+                                  timeout=120)  # fmt: skip
+        assert obtained.returncode == 0, obtained.stdout + obtained.stderr
+        install(native_stack, live)
+        first = wait_for_serial_change(native_stack, pebble, previous=None)
+        issuer = first.issuer.rfc4514_string()
+        assert "Pebble Intermediate" in issuer, issuer
+        names = first.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        assert names.get_values_for_type(x509.DNSName) == [NAME]
+
+        # Renewal while clients keep coming: the reload must not drop one of them.
+        with RequestsFlowing(native_stack) as flow:
+            # (Without a terminal certbot waits up to 8 minutes first, to spread the load on
+            # Let's Encrypt; the renewal loop keeps that, this test does not wait.)
+            renewed = subprocess.run(
+                [CERTIFY, "renew", "--force-renewal", "--no-random-sleep-on-renew"],
+                env=env, capture_output=True, text=True, timeout=120,
+            )  # fmt: skip
+            assert renewed.returncode == 0, renewed.stdout + renewed.stderr
+            install(native_stack, live)
+            second = wait_for_serial_change(native_stack, pebble, previous=first.serial_number)
+            time.sleep(1)
+        assert flow.failures == [] and flow.count > 20, (flow.count, flow.failures[:3])
+        assert "Pebble Intermediate" in second.issuer.rfc4514_string()
+    finally:
+        cert.write_bytes(saved[0])
+        key.write_bytes(saved[1])
+        native_stack.supervisorctl("signal", "HUP", "nginx")
+
+
+def wait_for_serial_change(stack: NativeStack, pebble: Pebble, previous: int | None):
+    """nginx's workers take the reloaded certificate within moments."""
+    deadline = time.monotonic() + 15
+    while True:
+        try:
+            served = served_certificate(stack, pebble.root)
+            if served.serial_number != previous:
+                return served
+        except ssl.SSLError:  # still the old (local CA) certificate
+            pass
+        assert time.monotonic() < deadline, "nginx did not serve the new certificate"
+        time.sleep(0.2)
+
+
+class RequestsFlowing:
+    """GET /healthz back to back over HTTPS while the certificate changes under it (any of the
+    two certificates is fine: what counts is that no request fails)."""
+
+    def __init__(self, stack: NativeStack) -> None:
+        self.stack = stack
+        self.count = 0
+        self.failures: list[str] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run)
+
+    def _run(self) -> None:
+        context = ssl.create_default_context()
+        context.check_hostname = False  # the renewed certificate names NAME, not localhost
+        context.verify_mode = ssl.CERT_NONE
+        with httpx.Client(base_url=self.stack.base_url, verify=context, timeout=10) as client:
+            while not self._stop.is_set():
+                try:
+                    status = client.get("/healthz").status_code
+                    if status != 200:
+                        self.failures.append(f"status {status}")
+                except httpx.HTTPError as exc:
+                    self.failures.append(repr(exc))
+                self.count += 1
+
+    def __enter__(self) -> "RequestsFlowing":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(15)
