@@ -143,6 +143,20 @@ def test_issuance_and_renewal_through_nginx(native_stack: NativeStack, pebble: P
         cert.write_bytes(saved[0])
         key.write_bytes(saved[1])
         native_stack.supervisorctl("signal", "HUP", "nginx")
+        wait_for_the_local_certificate(native_stack)
+
+
+def wait_for_the_local_certificate(stack: NativeStack) -> None:
+    """Leave the stack as the next test expects it: serving its own certificate again."""
+    deadline = time.monotonic() + 15
+    while True:
+        try:
+            with stack.client() as client:
+                client.get("/healthz")
+            return
+        except httpx.ConnectError:
+            assert time.monotonic() < deadline, "nginx still serves Pebble's certificate"
+            time.sleep(0.2)
 
 
 def wait_for_serial_change(stack: NativeStack, pebble: Pebble, previous: int | None):

@@ -53,7 +53,9 @@ class Service:
     command: tuple[str, ...]
     healthcheck: tuple[str, ...]
     ports: tuple[str, ...] = ()  # env variables naming the ports it listens on
-    as_postgres: bool = False  # initdb/postgres/pgbouncer refuse to run as root
+    # Started as root, every service drops to an account: postgres (initdb, postgres and
+    # pgbouncer refuse root) or the stack's own unprivileged user (STACK_USER).
+    as_postgres: bool = False
     stop_signal: str = "TERM"
     stop_wait: int = 30
     start_timeout: int = 60
@@ -237,6 +239,29 @@ def _is_root() -> bool:
     return os.geteuid() == 0
 
 
+def _stack_user(env: dict[str, str]) -> str:
+    return env.get("STACK_USER", "core")
+
+
+def _ensure_stack_user(name: str) -> pwd.struct_passwd:
+    """The unprivileged account web, the Celery processes, Redis and nginx run as (root only)."""
+    try:
+        return pwd.getpwnam(name)
+    except KeyError:
+        subprocess.run(
+            ["useradd", "--system", "--user-group", "--no-create-home",
+             "--shell", "/usr/sbin/nologin", name],
+            check=True, capture_output=True,
+        )  # fmt: skip
+        return pwd.getpwnam(name)
+
+
+def _chown_tree(directory: Path, account: pwd.struct_passwd) -> None:
+    for item in [directory, *directory.rglob("*")]:
+        if item.stat().st_uid != account.pw_uid:
+            os.chown(item, account.pw_uid, account.pw_gid, follow_symlinks=False)
+
+
 def render_supervisord_conf(env: dict[str, str], services: list[Service]) -> str:
     p = _paths(env)
     lines = [
@@ -275,8 +300,8 @@ def render_supervisord_conf(env: dict[str, str], services: list[Service]) -> str
             "stdout_logfile_maxbytes=20MB",
             "stdout_logfile_backups=3",
         ]
-        if service.as_postgres and _is_root():
-            lines.append("user=postgres")
+        if _is_root():
+            lines.append(f"user={'postgres' if service.as_postgres else _stack_user(env)}")
         if service.environment:
             pairs = ",".join(f'{key}="{value}"' for key, value in service.environment)
             lines.append(f"environment={pairs}")
@@ -358,10 +383,15 @@ def _make_traversable(path: Path) -> None:
 def prepare_dirs(env: dict[str, str], services: list[Service]) -> None:
     p = _paths(env)
     state = p["state"]
-    for directory in (p["log"], p["run"], Path(env["HEARTBEAT_DIR"]), Path(env["REDIS_DATA_DIR"])):
+    for directory in (p["log"], p["run"]):
         directory.mkdir(parents=True, exist_ok=True)
-    for variable in ("STATIC_ROOT", "MEDIA_ROOT"):
-        Path(env[variable]).mkdir(parents=True, exist_ok=True)
+    # What the stack's user writes: heartbeats, Redis data, files, nginx's config, TLS, ACME.
+    stack_dirs = [Path(env[name]) for name in ("HEARTBEAT_DIR", "REDIS_DATA_DIR", "STATIC_ROOT",
+                                                "MEDIA_ROOT", "NGINX_CONF_DIR", "NGINX_RUN_DIR",
+                                                "ACME_ROOT")]  # fmt: skip
+    stack_dirs += [Path(env["TLS_CERT"]).parent, Path(env["TLS_KEY"]).parent]
+    for directory in stack_dirs:
+        directory.mkdir(parents=True, exist_ok=True)
     postgres_dirs = [Path(env["PGBOUNCER_CONF_DIR"])]
     if any(s.name == "postgres" for s in services):
         postgres_dirs += [Path(env["PGDATA"]).parent, Path(env["POSTGRES_SOCKET_DIR"])]
@@ -370,10 +400,15 @@ def prepare_dirs(env: dict[str, str], services: list[Service]) -> None:
     if _is_root():
         _make_traversable(state)
         _make_traversable(REPO_DIR / "deployments")
-        account = pwd.getpwnam("postgres")
+        _make_traversable(REPO_DIR / ".venv")
+        # The virtualenv's interpreter may live in root's home (pyenv): let the user reach it.
+        _make_traversable(Path(os.path.realpath(REPO_DIR / ".venv" / "bin" / "python")).parent)
         for directory in postgres_dirs:
-            for item in [directory, *directory.rglob("*")]:
-                os.chown(item, account.pw_uid, account.pw_gid)
+            _chown_tree(directory, pwd.getpwnam("postgres"))
+        user = _ensure_stack_user(_stack_user(env))
+        for directory in set(stack_dirs):
+            if directory.is_relative_to(state):  # never someone else's files (e.g. /etc)
+                _chown_tree(directory, user)
 
 
 # --- commands ------------------------------------------------------------------------------

@@ -204,6 +204,9 @@ def load_average() -> float:
 
 
 def start_process(command: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:
+    """A stand-in for one of the stack's processes, as the same user supervisord runs it as."""
+    if os.geteuid() == 0:
+        command = ["runuser", "-u", env.get("STACK_USER", "core"), "--", *command]
     with log.open("ab") as out:
         return subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT,
                                 cwd=env["APP_DIR"], start_new_session=True)  # fmt: skip

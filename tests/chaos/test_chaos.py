@@ -399,8 +399,10 @@ def test_disk_full_fails_cleanly(chaos: Chaos, tmp_path: Path) -> None:
     jobs_dir.mkdir(parents=True, exist_ok=True)
     source = signals.write(tmp_path / "big.wav", signals.tone(3))  # 1.1 MB
     size_kb = source.stat().st_size // 1024 + 32  # room for the source, not for its renditions
-    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size_kb}k,mode=0755", "chaos-media",
-                    str(jobs_dir)], check=True)  # fmt: skip
+    owner = jobs_dir.stat()  # the stack's user (web writes here)
+    options = f"size={size_kb}k,mode=0755,uid={owner.st_uid},gid={owner.st_gid}"
+    subprocess.run(["mount", "-t", "tmpfs", "-o", options, "chaos-media", str(jobs_dir)],
+                   check=True)  # fmt: skip
     try:
         account = chaos.stack.signup("disk")
         response = chaos.upload(account, source, "fills-the-disk.wav")
