@@ -52,7 +52,12 @@ def test_dev_stack_reloads_a_code_change() -> None:
     compose("down", "-v", "--remove-orphans", check=False)
     try:
         compose("build", "release", "web", timeout=1800)
-        compose("up", "-d", "--wait", "--wait-timeout", "600", "web")
+        try:
+            compose("up", "-d", "--wait", "--wait-timeout", "300", "web")
+        except AssertionError as exc:
+            state = compose("ps", "-a", check=False) + compose("logs", "--no-color", "--tail", "40",
+                                                              check=False)  # fmt: skip
+            raise AssertionError(f"{exc}\n{state}") from None
         wait_http(f"http://localhost:{WEB_PORT}/healthz")
         uid = docker("exec", "django_app", "id", "-u").strip()  # the seed's name, dev too
         assert uid != "0", "the dev web container runs as your user, not root"
