@@ -49,12 +49,13 @@ def pgbouncer_config(env: dict[str, str]) -> dict[str, str]:
 
 
 def server_connections(env: dict[str, str]) -> int:
-    """Client backends PostgreSQL sees on the app's database (the pooler's server connections)."""
+    """Client backends PostgreSQL sees on the app's database as the app's role: the pooler's
+    server connections of the app's pool (PgBouncer keeps one pool per user and database)."""
     with psycopg.connect(env["DATABASE_DIRECT_URL"], autocommit=True) as conn:
         (count,) = conn.execute(
-            "SELECT count(*) FROM pg_stat_activity WHERE datname = %s "
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = %s AND usename = %s "
             "AND backend_type = 'client backend' AND pid <> pg_backend_pid()",
-            [env["POSTGRES_DB"]],
+            [env["POSTGRES_DB"], env["APP_DB_USER"]],
         ).fetchone()
     return count
 
