@@ -7,6 +7,7 @@ import re
 
 import pytest
 from django.contrib.auth import get_user_model
+from django.contrib.auth.hashers import make_password
 from django.core.cache import cache
 from django.core.management import call_command
 from django.test import Client
@@ -111,6 +112,16 @@ def test_signup_is_throttled_per_address_on_both_paths(monkeypatch) -> None:
     assert get_user_model().objects.count() == 4
 
 
+def test_one_address_refused_does_not_use_up_the_global_allowance(monkeypatch) -> None:
+    monkeypatch.setattr(SignupThrottle, "THROTTLE_RATES", {"signup": "2/hour"})
+    monkeypatch.setattr(SignupGlobalThrottle, "THROTTLE_RATES", {"signup_global": "3/hour"})
+    api = APIClient()
+    codes = [signup(api, f"greedy{i}", REMOTE_ADDR="198.51.100.1").status_code for i in range(5)]
+    assert codes == [201, 201, 429, 429, 429]
+    assert signup(api, "someone", REMOTE_ADDR="198.51.100.2").status_code == 201
+    assert signup(api, "too-many", REMOTE_ADDR="198.51.100.3").status_code == 429  # global
+
+
 def test_signup_flood_from_many_addresses_meets_the_global_limit(monkeypatch) -> None:
     monkeypatch.setattr(SignupThrottle, "THROTTLE_RATES", {"signup": "100/hour"})
     monkeypatch.setattr(SignupGlobalThrottle, "THROTTLE_RATES", {"signup_global": "5/hour"})
@@ -139,6 +150,22 @@ def test_a_new_password_revokes_api_tokens(mailoutbox) -> None:
     user.last_login = timezone.now()
     user.save()
     assert Token.objects.filter(key=fresh.key).exists()
+
+
+def test_a_password_hash_upgrade_at_login_keeps_tokens(settings) -> None:
+    """Django re-hashes a password with its current hasher when one logs in: not a new one."""
+    settings.PASSWORD_HASHERS = [
+        "django.contrib.auth.hashers.PBKDF2PasswordHasher",
+        "django.contrib.auth.hashers.MD5PasswordHasher",
+    ]
+    user = make_user("legacy")
+    user.password = make_password("pw-123456!", hasher="md5")
+    user.save()
+    token = Token.objects.create(user=user)
+    assert Client().login(username=user.username, password="pw-123456!")
+    user.refresh_from_db()
+    assert user.password.startswith("pbkdf2_sha256$")  # upgraded...
+    assert Token.objects.filter(key=token.key).exists()  # ...and the token kept
 
 
 def test_accounts_made_before_verification_existed_are_verified_by_the_migration() -> None:

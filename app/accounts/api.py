@@ -41,6 +41,13 @@ class Signup(GenericAPIView):
     throttle_classes = list(SIGNUP_THROTTLES)
     serializer_class = SignupSerializer
 
+    def check_throttles(self, request: Request) -> None:
+        """In order, stopping at the first refusal: a client refused per address must not also
+        use up the global allowance (DRF asks every throttle)."""
+        for throttle in self.get_throttles():
+            if not throttle.allow_request(request, self):
+                self.throttled(request, throttle.wait())
+
     def post(self, request: Request) -> Response:
         serializer = self.get_serializer(data=request.data)
         serializer.is_valid(raise_exception=True)

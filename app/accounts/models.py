@@ -9,6 +9,8 @@ class EmailAddress(models.Model):
         settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="email_address"
     )
     verified_at = models.DateTimeField(null=True, blank=True)
+    # The address the link went to: a user whose email changes since is unverified again.
+    email = models.EmailField(blank=True)
 
     class Meta:
         verbose_name_plural = "email addresses"

@@ -40,7 +40,10 @@ def request_verification(user: AbstractBaseUser) -> None:
 
 
 def is_verified(user: AbstractBaseUser) -> bool:
-    return EmailAddress.objects.filter(user=user, verified_at__isnull=False).exists()
+    """The user's current address is the one they proved they read."""
+    return EmailAddress.objects.filter(
+        user=user, verified_at__isnull=False, email__iexact=user.email
+    ).exists()
 
 
 def verification_token(user: AbstractBaseUser) -> str:
@@ -58,9 +61,10 @@ def verify(token: str) -> AbstractBaseUser | None:
     if user is None:
         return None
     address, _ = EmailAddress.objects.get_or_create(user=user)
-    if EmailAddress.objects.filter(pk=address.pk, verified_at__isnull=True).update(
-        verified_at=timezone.now()
-    ):
+    if not is_verified(user):
+        EmailAddress.objects.filter(pk=address.pk).update(
+            verified_at=timezone.now(), email=user.email
+        )
         logger.info("user %s verified their email address", user.pk)
     return user
 

@@ -44,6 +44,13 @@ redis.call('ZADD', KEYS[1], ARGV[1], ARGV[4])
 redis.call('EXPIRE', KEYS[1], ARGV[3])
 return 1
 """
+# Keep a lease (and the set holding it) alive: every keep-alive of its stream.
+_REFRESH = """
+if not redis.call('ZSCORE', KEYS[1], ARGV[3]) then return 0 end
+redis.call('ZADD', KEYS[1], ARGV[1], ARGV[3])
+redis.call('EXPIRE', KEYS[1], ARGV[2])
+return 1
+"""
 
 
 class TooManyStreams(Exception):
@@ -109,7 +116,10 @@ class _Hub:
             await client.aclose()
 
     def _dispatch(self, channel: str, data: str) -> None:
-        user_id = int(channel.rpartition(":")[2])
+        try:
+            user_id = int(channel.rpartition(":")[2])
+        except ValueError:  # not a user's channel: nothing of ours
+            return
         for queue in list(self.queues.get(user_id, ())):
             try:
                 queue.put_nowait(data)
@@ -151,6 +161,10 @@ class Stream:
         await _hub.start()
         if _hub.open >= settings.SSE_MAX_STREAMS_PER_PROCESS:
             raise TooManyStreams("this server has too many open live streams")
+        # The process's slot first (no await between the check and taking it), then the lease.
+        _hub.open += 1
+        _hub.queues.setdefault(self.user_id, set()).add(self.queue)
+        self.released = False
         assert _hub.client is not None
         try:
             granted = await _hub.client.eval(
@@ -158,15 +172,14 @@ class Stream:
                 settings.SSE_MAX_STREAMS_PER_USER, 3 * settings.SSE_KEEPALIVE_S, self.lease,
             )  # fmt: skip
         except RedisError as exc:
+            self.release()
             raise Unavailable("the event service did not answer") from exc
         if not granted:
+            self.release()
             raise TooManyStreams(
                 f"you have {settings.SSE_MAX_STREAMS_PER_USER} live streams open already "
                 "(close a tab); the page updates by polling meanwhile"
             )
-        _hub.open += 1
-        _hub.queues.setdefault(self.user_id, set()).add(self.queue)
-        self.released = False
 
     def release(self) -> None:
         """Idempotent, and a no-op before `acquire`; an unreleased lease expires by itself."""
@@ -179,7 +192,8 @@ class Stream:
     async def _refresh_lease(self) -> None:
         assert _hub.client is not None
         with contextlib.suppress(RedisError):
-            await _hub.client.zadd(_lease_key(self.user_id), {self.lease: time.time()}, xx=True)
+            await _hub.client.eval(_REFRESH, 1, _lease_key(self.user_id), time.time(),
+                                   3 * settings.SSE_KEEPALIVE_S, self.lease)  # fmt: skip
 
     async def events(self, snapshot: list[str]) -> AsyncIterator[str]:
         try:

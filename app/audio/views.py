@@ -1,5 +1,7 @@
 """Server-rendered pages, and the server-sent events stream of the user's jobs."""
 
+import weakref
+
 from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.contrib.auth.decorators import login_required
@@ -70,4 +72,8 @@ async def events(request: HttpRequest) -> HttpResponse:
     except BaseException:
         stream.release()
         raise
-    return EventStreamResponse(stream, snapshot)
+    response = EventStreamResponse(stream, snapshot)
+    # Django closes the response when it was sent; if the client left while the middleware
+    # still held it, only this frees the slot (release is idempotent).
+    weakref.finalize(response, stream.release)
+    return response

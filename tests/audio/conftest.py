@@ -17,7 +17,9 @@ def make_user(name: str = "olga", verified: bool = True) -> AbstractBaseUser:
     """A user; `verified` as if they had followed the link of the verification email."""
     username = f"{name}-{uuid.uuid4().hex[:6]}"
     user = get_user_model().objects.create_user(username, f"{username}@example.com", "pw-123456!")
-    EmailAddress.objects.create(user=user, verified_at=timezone.now() if verified else None)
+    EmailAddress.objects.create(
+        user=user, email=user.email, verified_at=timezone.now() if verified else None
+    )
     return user
 
 

@@ -124,3 +124,29 @@ def test_streams_per_process_are_capped(native_stack: NativeStack, settings) -> 
 def test_event_stream_requires_login(native_stack: NativeStack) -> None:
     with native_stack.client() as client:
         assert client.get("/jobs/events/").status_code == 401
+
+
+def test_an_open_stream_keeps_its_lease_past_the_lease_lifetime(
+    native_stack: NativeStack, settings
+) -> None:
+    """Leases live 3 keep-alives unless refreshed; each keep-alive renews the lease and the set
+    holding it (else the per-user cap would forget streams that are still open)."""
+    settings.SSE_KEEPALIVE_S = 1
+
+    async def scenario() -> tuple[float | None, int]:
+        stream = streams.Stream(20_001)
+        await stream.acquire()
+        key = streams._lease_key(20_001)
+        try:
+            for _ in range(5):  # 5 s: longer than the 3 s a lease lives unrefreshed
+                await asyncio.sleep(1)
+                await stream._refresh_lease()
+            return await streams._hub.client.zscore(
+                key, stream.lease
+            ), await streams._hub.client.ttl(key)
+        finally:
+            stream.release()
+            await streams._hub.client.delete(key)
+
+    score, ttl = asyncio.run(scenario())
+    assert score is not None and ttl > 0

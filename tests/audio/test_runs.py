@@ -59,8 +59,10 @@ def test_a_run_that_keeps_killing_its_worker_fails_after_max_attempts(user, tmp_
 
 
 def test_a_canceled_run_commits_nothing_and_lets_go(user, tmp_path, settings, queued):
-    """The worker's run and the owner's cancel race for real (two threads, two connections)."""
-    job = real_job(user, tmp_path, settings, seconds=20)
+    """The worker's run and the owner's cancel race for real (two threads, two connections); the
+    running encoder is killed at the next heartbeat, not left to finish its minutes of audio."""
+    settings.AUDIO_HEARTBEAT_S = 0.5
+    job = real_job(user, tmp_path, settings, seconds=240)
     worker = threading.Thread(target=lambda: (pipeline.process_job(str(job.pk), job.task_id),
                                               connection.close()))  # fmt: skip
     worker.start()
@@ -68,8 +70,12 @@ def test_a_canceled_run_commits_nothing_and_lets_go(user, tmp_path, settings, qu
     while not Job.objects.get(pk=job.pk).phase.startswith("encoding"):
         assert time.monotonic() < deadline and worker.is_alive(), "the run never reached encoding"
         time.sleep(0.02)
+    canceled_at = time.monotonic()
     jobs.cancel_job(job)
     worker.join(60)
+    # A heartbeat (0.5 s) and a look at it (0.5 s); encoding 4 minutes of audio to MP3 takes
+    # several seconds here, so 2.5 s (generous for a loaded machine) shows it was stopped.
+    assert time.monotonic() - canceled_at < 2.5
     job.refresh_from_db()
     assert job.status == "canceled" and job.task_id == ""  # the run let go
     assert not job.renditions.exists()
@@ -218,3 +224,16 @@ def test_job_changes_reach_only_the_owners_channel(user, tmp_path, settings, que
     assert '"deleted": true' in deleted["data"]
     assert pubsub.get_message(timeout=0.5) is None  # nothing for the stranger
     pubsub.close()
+
+
+def test_an_address_changed_since_verification_needs_verifying_again(tmp_path, settings):
+    from accounts import services as accounts
+
+    user = make_user("mover")
+    assert accounts.is_verified(user)
+    user.email = "elsewhere@example.com"
+    user.save()
+    assert not accounts.is_verified(user)
+    client = APIClient()
+    client.force_authenticate(user)
+    assert upload(client).status_code == 403

@@ -430,7 +430,7 @@ def test_disk_full_fails_cleanly(chaos: Chaos, tmp_path: Path) -> None:
 def test_a_hung_encoder_fails_the_job_and_the_worker_lives_on(
     chaos: Chaos, program: Path, tmp_path: Path
 ) -> None:
-    hang = tmp_path / "ffmpeg"
+    hang = Path(chaos.stack.env["STACK_DIR"]) / "hung-ffmpeg"  # where the stack's user may run it
     hang.write_text("#!/bin/sh\nexec sleep 600\n")
     hang.chmod(0o755)
     worker_service = next(s for s in stack.SERVICES if s.name == "celery_worker")

@@ -13,8 +13,8 @@ def existing_users_are_verified(apps, schema_editor):
     now = timezone.now()
     EmailAddress.objects.bulk_create(
         [
-            EmailAddress(user_id=pk, verified_at=now)
-            for pk in User.objects.values_list("pk", flat=True)
+            EmailAddress(user_id=pk, email=email, verified_at=now)
+            for pk, email in User.objects.values_list("pk", "email")
         ],
         batch_size=1000,
     )
@@ -38,6 +38,7 @@ class Migration(migrations.Migration):
                     ),
                 ),
                 ("verified_at", models.DateTimeField(blank=True, null=True)),
+                ("email", models.EmailField(blank=True, max_length=254)),
                 (
                     "user",
                     models.OneToOneField(

@@ -11,6 +11,8 @@ import resource
 import signal
 import subprocess
 import sys
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,6 +24,11 @@ LOUDNESS_TOLERANCE_LU = 1.0
 MAX_ATTEMPTS = 4
 SETTLE_LU = 0.5  # stop correcting once this close to the target (the promise is ±1 LU)
 ENCODE_TIMEOUT_S = 1800
+STOP_CHECK_S = 0.5
+
+
+class Stopped(Exception):
+    """The caller's `stop()` said so: the encoder was killed and its output removed."""
 
 
 @dataclass(frozen=True)
@@ -81,11 +88,13 @@ def render(
     target_lufs: float,
     ceiling_dbtp: float,
     limits: Limits,
+    stop: Callable[[], bool] = lambda: False,
 ) -> Rendition:
+    """`stop` is asked twice a second while an encoder runs: true kills it (raises Stopped)."""
     gain = plan_gain(analysis.loudness, target_lufs)
     if gain is None:
         _ffmpeg(source, demuxer_name(analysis), dest, fmt, gain_db=0.0, limit_dbfs=ceiling_dbtp,
-                limits=limits)  # fmt: skip
+                limits=limits, stop=stop)  # fmt: skip
         measured = analyse(dest, limits, waveform=False).loudness
         return Rendition(fmt, dest, measured, 0.0, False, "silent: nothing to normalise")
     limit = ceiling_dbtp - 0.5
@@ -96,7 +105,7 @@ def render(
             path = dest.with_name(f"{dest.stem}.try{attempt}{dest.suffix}")
             made.append(path)
             _ffmpeg(source, demuxer_name(analysis), path, fmt, gain_db=gain, limit_dbfs=limit,
-                    limits=limits)  # fmt: skip
+                    limits=limits, stop=stop)  # fmt: skip
             measured = analyse(path, limits, waveform=False).loudness
             attempts.append((path, measured, gain))
             if measured.integrated_lufs is None:
@@ -162,6 +171,7 @@ def _ffmpeg(
     gain_db: float,
     limit_dbfs: float,
     limits: Limits,
+    stop: Callable[[], bool] = lambda: False,
 ) -> None:
     limit = min(max(10 ** (limit_dbfs / 20), 0.0625), 1.0)
     filters = (
@@ -174,14 +184,31 @@ def _ffmpeg(
         "-af", filters, *fmt.codec_args, "-y", str(dest),
     ]  # fmt: skip
     cpu_before = _children_cpu_s()
+    deadline = time.monotonic() + ENCODE_TIMEOUT_S
+    process = subprocess.Popen(
+        command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        preexec_fn=functools.partial(_confine, limits),  # only setrlimit/prctl after fork
+    )  # fmt: skip
     try:
-        subprocess.run(
-            command, capture_output=True, timeout=ENCODE_TIMEOUT_S, check=True,
-            preexec_fn=functools.partial(_confine, limits),  # only prctl/setrlimit after fork
-        )  # fmt: skip
-    except subprocess.CalledProcessError as exc:
+        while True:
+            try:
+                _, stderr = process.communicate(timeout=STOP_CHECK_S)
+                break
+            except subprocess.TimeoutExpired:
+                if stop():
+                    raise Stopped(f"encoding {fmt.name} was stopped") from None
+                if time.monotonic() > deadline:
+                    raise InvalidAudio(f"encoding {fmt.name} took longer than "
+                                       f"{ENCODE_TIMEOUT_S} s") from None  # fmt: skip
+    except BaseException:  # stopped, timed out, the task's time limit: no encoder outlives it
+        process.kill()
+        process.communicate()
         dest.unlink(missing_ok=True)
-        raise _failure(exc, fmt, limits, _children_cpu_s() - cpu_before) from exc
+        raise
+    if process.returncode:
+        dest.unlink(missing_ok=True)
+        failed = subprocess.CalledProcessError(process.returncode, command, stderr=stderr)
+        raise _failure(failed, fmt, limits, _children_cpu_s() - cpu_before)
 
 
 def _children_cpu_s() -> float:
@@ -211,14 +238,16 @@ def _failure(
 
 
 _PR_SET_PDEATHSIG = 1
+# Looked up once here: between fork and exec (with other threads running) only plain calls.
+_prctl = ctypes.CDLL(None, use_errno=True).prctl if sys.platform == "linux" else None
 
 
 def _confine(limits: Limits) -> None:
     """In the encoder's process, before it runs: die with the worker process that started it (a
     worker killed mid-encode must not leave an encoder running), and run under rlimits on
     memory, CPU time and the size of any file it writes (the rendition)."""
-    if sys.platform == "linux":
-        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    if _prctl is not None:
+        _prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
     resource.setrlimit(resource.RLIMIT_AS, (limits.encoder_memory_bytes,) * 2)
     resource.setrlimit(resource.RLIMIT_CPU, (limits.encoder_cpu_s, limits.encoder_cpu_s + 5))
     resource.setrlimit(resource.RLIMIT_FSIZE, (limits.max_output_bytes,) * 2)

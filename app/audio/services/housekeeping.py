@@ -79,11 +79,15 @@ def purge_expired_files(now: datetime | None = None) -> int:
     """Delete the files of jobs finished longer ago than AUDIO_RETENTION_DAYS; keep the rows."""
     now = now or timezone.now()
     cutoff = now - timedelta(days=settings.AUDIO_RETENTION_DAYS)
-    expired = Job.objects.filter(finished_at__lt=cutoff, files_purged_at__isnull=True)
+    expired = Job.objects.filter(
+        status__in=Job.FINISHED, finished_at__lt=cutoff, files_purged_at__isnull=True
+    )
     count = 0
     for job in expired.iterator(chunk_size=200):
+        # Marked first, on the same conditions: a job re-run meanwhile keeps its files.
+        if not expired.filter(pk=job.pk).update(files_purged_at=now, has_waveform=False):
+            continue
         shutil.rmtree(job.directory, ignore_errors=True)
-        Job.objects.filter(pk=job.pk).update(files_purged_at=now, has_waveform=False)
         job.renditions.all().delete()
         count += 1
     return count

@@ -152,8 +152,9 @@ def _store_source(job: Job, upload: UploadedFile) -> None:
 
 
 def cancel_job(job: Job) -> None:
-    """Cancel a queued or running job. A running task stops at its next check (within a second)
-    and gives the run up; until then `task_id` keeps naming it, so no re-run can overlap it."""
+    """Cancel a queued or running job. A running task notices at its next heartbeat
+    (AUDIO_HEARTBEAT_S), kills its encoder and gives the run up; until then `task_id` keeps
+    naming it and its heartbeat goes on, so no re-run can overlap it."""
     now = timezone.now()
     with transaction.atomic():
         this = Job.objects.filter(pk=job.pk)
@@ -164,7 +165,7 @@ def cancel_job(job: Job) -> None:
         )
         if canceled:
             events.job_changed(job.pk)
-    job.refresh_from_db()
+    _refresh(job)
     if not canceled:
         raise Refused(f"a {job.status} job cannot be canceled", status=409)
     logger.info("job %s canceled", job.pk)
@@ -195,17 +196,26 @@ def rerun_job(job: Job) -> None:
         if requeued:
             enqueue_run(job.pk, task_id)
             events.job_changed(job.pk)
-    job.refresh_from_db()
+    _refresh(job)
     if not requeued:
         raise Refused("the job changed meanwhile or its last run is still stopping; try again "
                       "in a moment", status=409)  # fmt: skip
     logger.info("job %s queued again (task %s)", job.pk, task_id)
 
 
+def _refresh(job: Job) -> None:
+    try:
+        job.refresh_from_db()
+    except Job.DoesNotExist as exc:  # deleted by another request meanwhile
+        raise Refused("the job no longer exists", status=404) from exc
+
+
 def delete_job(job: Job) -> None:
     """Delete the row and the files. A task still running it finds the row gone and stops."""
     owner_id, job_id, directory = job.owner_id, job.pk, job.directory
     with transaction.atomic():
+        # The job's row first, as a committing run takes it (then its renditions): no deadlock.
+        Job.objects.select_for_update().filter(pk=job_id).exists()
         job.delete()
         events.job_deleted(owner_id, job_id)
     shutil.rmtree(directory, ignore_errors=True)

@@ -51,15 +51,17 @@ def send_job_notification(job_id: str) -> bool:
             raise NotificationBusy((held + CLAIM_LEASE - now).total_seconds() + 1)
         return False  # sent already, or the job was re-run or deleted since
     job = Job.objects.select_related("owner").get(pk=job_id)
+    # Our claim: a re-run since then reset it, and its own sender must not be overruled.
+    ours = Job.objects.filter(pk=job_id, notification_claimed_at=now)
     if not job.owner.email:
-        Job.objects.filter(pk=job_id).update(notified_at=now)
+        ours.update(notified_at=now)
         return False
     try:
         _message(job).send()
     except Exception:
-        Job.objects.filter(pk=job_id).update(notification_claimed_at=None)  # the retry sends it
+        ours.update(notification_claimed_at=None)  # the retry sends it
         raise
-    Job.objects.filter(pk=job_id).update(notified_at=timezone.now())
+    ours.update(notified_at=timezone.now())
     logger.info("job %s: notification sent to user %s", job_id, job.owner_id)
     return True
 

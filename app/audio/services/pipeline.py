@@ -18,6 +18,7 @@ import time
 from dataclasses import dataclass
 from datetime import timedelta
 
+from django import db
 from django.conf import settings
 from django.db import DatabaseError, connection, transaction
 from django.db.models import F, Q
@@ -55,7 +56,7 @@ def process_job(job_id: str, task_id: str) -> None:
         with Run(job, task_id) as run:
             result = _process(job, run)
             _commit(job, run, result)
-    except RunLost:
+    except (RunLost, encode.Stopped):
         _give_up(job_id, task_id)
     except media.InvalidAudio as exc:
         fail_run(job_id, task_id, str(exc))
@@ -141,13 +142,17 @@ class Run:
         shutil.rmtree(self.directory, ignore_errors=True)
 
     def _beat(self) -> None:
+        """While the run's task still names it, even canceled, its heartbeat says it is alive:
+        a re-run waits for it to stop (or for its worker to be dead), never overlaps it."""
         try:
             while not self._stop.wait(settings.AUDIO_HEARTBEAT_S):
                 try:
                     if not self.owned().update(heartbeat_at=timezone.now()):
-                        self.lost.set()
-                        return
-                except DatabaseError as exc:  # a blip; the next beat or the run's write will tell
+                        self.lost.set()  # the run notices within a second and lets go
+                        Job.objects.filter(pk=self.job.pk, task_id=self.task_id).update(
+                            heartbeat_at=timezone.now()
+                        )
+                except db.Error as exc:  # a blip; the next beat or the run's write will tell
                     logger.warning("job %s: heartbeat not recorded (%s)", self.job.pk, exc)
                     connection.close()
         finally:
@@ -191,6 +196,7 @@ def _process(job: Job, run: Run) -> _Result:
         renditions[name] = encode.render(
             job.source_path, analysis, fmt, run.directory / f"rendition.{fmt.extension}",
             target_lufs=preset.target_lufs, ceiling_dbtp=preset.ceiling_dbtp, limits=lim,
+            stop=run.lost.is_set,  # a canceled run kills its encoder within half a second
         )  # fmt: skip
     run.progress("finishing", 99, force=True)
     return _Result(analysis, renditions)

@@ -9,7 +9,11 @@ The app role (user and password of APP_DATABASE_URL) may read and write rows, no
 superuser, no CREATE in the schema, no DDL (tables belong to the owner), no pg_authid.
 """
 
+import base64
+import hashlib
+import hmac
 import os
+import secrets
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
@@ -41,6 +45,9 @@ class Command(BaseCommand):
             cursor.execute("SELECT set_config('lock_timeout', %s, false)", [f"{lock_timeout}s"])
             self.stdout.write("Waiting for the migration lock...")
             cursor.execute("SELECT pg_advisory_lock(%s)", [MIGRATION_LOCK_KEY])
+            # A migration waiting this long for a table's lock fails (and the deploy with it)
+            # rather than queue every query of the running app behind it.
+            cursor.execute("SELECT set_config('lock_timeout', '10s', false)")
         try:
             if app_role:
                 self._provision(connection, *app_role)
@@ -60,7 +67,7 @@ class Command(BaseCommand):
             if cursor.fetchone() is None:
                 cursor.execute(sql.SQL("CREATE ROLE {} LOGIN").format(name))
                 self.stdout.write(f"Created the app role {role}")
-            secret = sql.Literal(password)
+            secret = sql.Literal(scram_sha256(password))  # never the password itself in a log
             for statement in (
                 sql.SQL("ALTER ROLE {} WITH LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE "
                         "NOREPLICATION NOBYPASSRLS PASSWORD {}").format(name, secret),
@@ -90,3 +97,16 @@ def _app_role(url: str, owner: dict[str, Any]) -> tuple[str, str] | None:
     if not parts.username or unquote(parts.username) == owner["USER"]:
         return None
     return unquote(parts.username), unquote(parts.password or "")
+
+
+def scram_sha256(password: str, iterations: int = 4096) -> str:
+    """The SCRAM-SHA-256 verifier PostgreSQL would store for this password (RFC 5802/7677)."""
+    salt = secrets.token_bytes(16)
+    salted = hashlib.pbkdf2_hmac("sha256", password.encode(), salt, iterations)
+    stored_key = hashlib.sha256(hmac.new(salted, b"Client Key", "sha256").digest()).digest()
+    server_key = hmac.new(salted, b"Server Key", "sha256").digest()
+
+    def b64(data: bytes) -> str:
+        return base64.b64encode(data).decode()
+
+    return f"SCRAM-SHA-256${iterations}:{b64(salt)}${b64(stored_key)}:{b64(server_key)}"
