@@ -159,3 +159,32 @@ def test_every_service_runs_with_least_privilege() -> None:
     dockerfile = (REPO_DIR / "deployments/compose/django/Dockerfile").read_text()
     prod_stage = dockerfile.split("AS prod", 1)[1]
     assert "ENV DJANGO_ENV=production" in prod_stage and "USER ${UID}:${GID}" in prod_stage
+
+
+def test_each_service_gets_only_the_secrets_it_needs(tmp_path: Path) -> None:
+    # Every placeholder a value of its own, so that each secret can be traced.
+    lines = (REPO_DIR / ".env.prod.example").read_text().splitlines()
+    unique = [re.sub(r"^([A-Z_]+)=<random-password>$", r"\1=secret-\1", line) for line in lines]
+    env_file = tmp_path / "prod.env"
+    env_file.write_text("\n".join(unique) + "\n")
+    services = resolved(str(env_file), ("docker-compose.yml",))["services"]
+    assert all("env_file" not in service for service in services.values())
+
+    def holders(secret: str) -> set[str]:
+        def has(service: dict) -> bool:
+            return any(
+                secret in str(value) for value in (service.get("environment") or {}).values()
+            )
+
+        return {name for name, service in services.items() if has(service)}
+
+    owner_url = services["release"]["environment"]["DATABASE_DIRECT_URL"]
+    assert holders(owner_url) == {"release"}  # the owner's password: migrations only
+    assert holders(services["flower"]["environment"]["FLOWER_BASIC_AUTH"]) == {"flower"}
+    assert "DIAGNOSTICS_TOKEN" in services["web"]["environment"]
+    assert "DIAGNOSTICS_TOKEN" not in services["celery_worker"]["environment"]
+    admin = services["pgbouncer"]["environment"]["PGBOUNCER_ADMIN_PASSWORD"]
+    assert holders(admin) == {"pgbouncer"}
+    # The settings still arrive: what .env sets reaches every Django service.
+    for name in ("web", "celery_worker", "celery_beat", "flower", "release"):
+        assert services[name]["environment"]["ALLOWED_HOSTS"], name
