@@ -50,8 +50,12 @@ def test_hadolint(dockerfile: Path) -> None:
 
 @pytest.mark.parametrize(
     ("env_file", "files"),
-    [(".env.prod.example", ("docker-compose.yml",)), (".env.example", ())],
-    ids=["prod", "dev"],
+    [
+        (".env.prod.example", ("docker-compose.yml",)),
+        (".env.example", ()),
+        (".env.prod.example", ("docker-compose.yml", "deployments/containers-harness/pebble.yml")),
+    ],
+    ids=["prod", "dev", "prod+pebble (test only)"],
 )
 def test_compose_config_is_valid(env_file: str, files: tuple[str, ...]) -> None:
     result = compose(env_file, "config", "-q", files=files)

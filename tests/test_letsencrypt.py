@@ -8,7 +8,6 @@ import shutil
 import socket
 import ssl
 import subprocess
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -18,12 +17,12 @@ import httpx
 import pytest
 from cryptography import x509
 
+from tests.acme import NAME, RequestsFlowing, wait_for_new_certificate
 from tests.conftest import NativeStack
 from tests.stack_env import REPO_DIR
 
 pytestmark = pytest.mark.e2e
 
-NAME = "site.example.test"
 CERTIFY = REPO_DIR / "deployments" / "compose" / "certbot" / "certify"
 PEBBLE_PORT, PEBBLE_MANAGEMENT_PORT, DNS_PORT = 14000, 15000, 8053
 
@@ -88,17 +87,6 @@ def pebble(tmp_path: Path, native_stack: NativeStack) -> Iterator[Pebble]:
             process.wait(10)
 
 
-def served_certificate(stack: NativeStack, root: Path) -> x509.Certificate:
-    """What nginx presents for NAME, verified against Pebble's root (chain and host name)."""
-    context = ssl.create_default_context(cafile=str(root))
-    port = int(stack.env["NGINX_HTTPS_PORT"])
-    with (
-        socket.create_connection(("127.0.0.1", port), timeout=10) as raw,
-        context.wrap_socket(raw, server_hostname=NAME) as tls,
-    ):
-        return x509.load_der_x509_certificate(tls.getpeercert(binary_form=True))
-
-
 def install(stack: NativeStack, live: Path) -> None:
     """What pointing TLS_CERT/TLS_KEY at certbot's live directory does, then nginx's reload."""
     shutil.copyfile(live / "fullchain.pem", stack.env["TLS_CERT"])
@@ -119,14 +107,15 @@ def test_issuance_and_renewal_through_nginx(native_stack: NativeStack, pebble: P
                                   timeout=120)  # fmt: skip
         assert obtained.returncode == 0, obtained.stdout + obtained.stderr
         install(native_stack, live)
-        first = wait_for_serial_change(native_stack, pebble, previous=None)
+        https = int(native_stack.env["NGINX_HTTPS_PORT"])
+        first = wait_for_new_certificate(https, pebble.root, previous=None)
         issuer = first.issuer.rfc4514_string()
         assert "Pebble Intermediate" in issuer, issuer
         names = first.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
         assert names.get_values_for_type(x509.DNSName) == [NAME]
 
         # Renewal while clients keep coming: the reload must not drop one of them.
-        with RequestsFlowing(native_stack) as flow:
+        with RequestsFlowing(native_stack.base_url) as flow:
             # (Without a terminal certbot waits up to 8 minutes first, to spread the load on
             # Let's Encrypt; the renewal loop keeps that, this test does not wait.)
             renewed = subprocess.run(
@@ -135,7 +124,7 @@ def test_issuance_and_renewal_through_nginx(native_stack: NativeStack, pebble: P
             )  # fmt: skip
             assert renewed.returncode == 0, renewed.stdout + renewed.stderr
             install(native_stack, live)
-            second = wait_for_serial_change(native_stack, pebble, previous=first.serial_number)
+            second = wait_for_new_certificate(https, pebble.root, previous=first.serial_number)
             time.sleep(1)
         assert flow.failures == [] and flow.count > 20, (flow.count, flow.failures[:3])
         assert "Pebble Intermediate" in second.issuer.rfc4514_string()
@@ -157,51 +146,3 @@ def wait_for_the_local_certificate(stack: NativeStack) -> None:
         except httpx.ConnectError:
             assert time.monotonic() < deadline, "nginx still serves Pebble's certificate"
             time.sleep(0.2)
-
-
-def wait_for_serial_change(stack: NativeStack, pebble: Pebble, previous: int | None):
-    """nginx's workers take the reloaded certificate within moments."""
-    deadline = time.monotonic() + 15
-    while True:
-        try:
-            served = served_certificate(stack, pebble.root)
-            if served.serial_number != previous:
-                return served
-        except ssl.SSLError:  # still the old (local CA) certificate
-            pass
-        assert time.monotonic() < deadline, "nginx did not serve the new certificate"
-        time.sleep(0.2)
-
-
-class RequestsFlowing:
-    """GET /healthz back to back over HTTPS while the certificate changes under it (any of the
-    two certificates is fine: what counts is that no request fails)."""
-
-    def __init__(self, stack: NativeStack) -> None:
-        self.stack = stack
-        self.count = 0
-        self.failures: list[str] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run)
-
-    def _run(self) -> None:
-        context = ssl.create_default_context()
-        context.check_hostname = False  # the renewed certificate names NAME, not localhost
-        context.verify_mode = ssl.CERT_NONE
-        with httpx.Client(base_url=self.stack.base_url, verify=context, timeout=10) as client:
-            while not self._stop.is_set():
-                try:
-                    status = client.get("/healthz").status_code
-                    if status != 200:
-                        self.failures.append(f"status {status}")
-                except httpx.HTTPError as exc:
-                    self.failures.append(repr(exc))
-                self.count += 1
-
-    def __enter__(self) -> "RequestsFlowing":
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(15)

@@ -17,6 +17,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.acme import NAME, RequestsFlowing, wait_for_new_certificate
 from tests.stack_env import REPO_DIR
 
 pytestmark = pytest.mark.containers
@@ -25,6 +26,8 @@ PROJECT = "coretest"
 HTTP_PORT, HTTPS_PORT = 18080, 18443
 WORK = REPO_DIR / "var" / "containers"
 ARTIFACTS = REPO_DIR / "test-artifacts"
+# The production stack plus Pebble, the ACME test server (test only; see that file).
+PEBBLE = {"COMPOSE_FILE": "docker-compose.yml:deployments/containers-harness/pebble.yml"}
 
 
 def docker(*args: str, check: bool = True, timeout: float = 900, **kwargs: object) -> str:
@@ -61,8 +64,9 @@ class ComposeStack:
         return {row["Service"]: f"{row['State']}/{row.get('Health', '')}" for row in rows}
 
     def tls(self) -> ssl.SSLContext:
+        """nginx's placeholder certificate (made for SERVER_NAME and localhost) and its CA."""
         ca = WORK / "ca.pem"
-        self.compose("cp", "nginx:/etc/letsencrypt/live/localhost/ca.pem", str(ca))
+        self.compose("cp", f"nginx:/etc/letsencrypt/live/{NAME}/ca.pem", str(ca))
         return ssl.create_default_context(cafile=str(ca))
 
     def client(self) -> httpx.Client:
@@ -84,7 +88,7 @@ def write_env_file() -> tuple[Path, dict[str, str]]:
         "DIAGNOSTICS_TOKEN": secrets.token_urlsafe(24),
         "ALLOWED_HOSTS": "localhost",
         "CSRF_TRUSTED_ORIGINS": f"https://localhost:{HTTPS_PORT}",
-        "SERVER_NAME": "localhost",
+        "SERVER_NAME": NAME,  # the name the Let's Encrypt test (Pebble) certifies
         "NGINX_HTTP_PUBLISH": str(HTTP_PORT),
         "NGINX_HTTPS_PUBLISH": str(HTTPS_PORT),
         "WEB_CONCURRENCY": "2",
@@ -111,7 +115,7 @@ def prod_stack() -> Iterator[tuple[ComposeStack, dict[str, str]]]:
         pytest.fail("no container engine: run through `make test-containers`")
     env_file, values = write_env_file()
     stack = ComposeStack(env_file)
-    stack.compose("down", "-v", "--remove-orphans", check=False)
+    stack.compose("down", "-v", "--remove-orphans", check=False, **PEBBLE)
     try:
         started = time.monotonic()
         # One build at a time: the five Django services share one image, so after the first
@@ -138,7 +142,7 @@ def prod_stack() -> Iterator[tuple[ComposeStack, dict[str, str]]]:
             json.dumps({"timings": stack.timings, "image_sizes_mb": sizes}, indent=2)
         )
         print(json.dumps({"timings": stack.timings, "image_sizes_mb": sizes}))
-        stack.compose("down", "-v", "--remove-orphans", check=False)
+        stack.compose("down", "-v", "--remove-orphans", check=False, **PEBBLE)
 
 
 def test_every_service_is_healthy(prod_stack) -> None:
@@ -190,3 +194,40 @@ def test_restart_and_down_up_keep_the_database(prod_stack) -> None:
         while (status := client.get("/readyz").status_code) != 200 and time.monotonic() < deadline:
             time.sleep(1)
     assert status == 200
+
+
+def test_lets_encrypt_issues_and_renews_through_nginx(prod_stack, tmp_path) -> None:
+    """Last in this module (it replaces the placeholder certificate): the project's own obtain
+    script against Pebble (Let's Encrypt's ACME test server, on a test network nginx joins),
+    HTTP-01 through nginx's ACME location; the chain served is Pebble's, verified with its root;
+    then a forced renewal and nginx's reload while requests flow, none failing."""
+    stack, _ = prod_stack
+    stack.compose("up", "-d", "--build", "--wait", "pebble", "nginx", **PEBBLE)
+    obtain = subprocess.run(
+        [REPO_DIR / "deployments" / "compose" / "certbot" / "obtain", "--server",
+         "https://pebble:14000/dir"],
+        env={**stack.env, **PEBBLE, "COMPOSE_PROJECT_NAME": PROJECT,
+             "COMPOSE_ENV_FILES": str(stack.env_file), "SERVER_NAME": NAME,
+             "LETSENCRYPT_EMAIL": "ops@example.test"},
+        cwd=REPO_DIR, capture_output=True, text=True, timeout=600, check=False,
+    )  # fmt: skip
+    assert obtain.returncode == 0, obtain.stdout + obtain.stderr
+    stack.compose("cp", "pebble:/pebble-ca/ca.pem", str(tmp_path / "pebble-ca.pem"), **PEBBLE)
+    api_ca = ssl.create_default_context(cafile=str(tmp_path / "pebble-ca.pem"))
+    root = httpx.get("https://127.0.0.1:18500/roots/0", verify=api_ca).content
+    (tmp_path / "root.pem").write_bytes(root)
+    first = wait_for_new_certificate(HTTPS_PORT, tmp_path / "root.pem", previous=None)
+    assert "Pebble Intermediate" in first.issuer.rfc4514_string()
+
+    with RequestsFlowing(f"https://localhost:{HTTPS_PORT}") as flow:
+        stack.compose("run", "--rm", "--entrypoint", "/deployments/compose/certbot/certify",
+                      "certbot", "renew", "--force-renewal", "--no-random-sleep-on-renew",
+                      **PEBBLE)  # fmt: skip
+        stack.compose("exec", "nginx", "/deployments/compose/nginx/reload", **PEBBLE)
+        second = wait_for_new_certificate(HTTPS_PORT, tmp_path / "root.pem",
+                                          previous=first.serial_number)  # fmt: skip
+        time.sleep(1)
+    assert flow.failures == [] and flow.count > 20, (flow.count, flow.failures[:3])
+    assert "Pebble Intermediate" in second.issuer.rfc4514_string()
+    stack.timings["lets_encrypt"] = {"requests_during_renewal": flow.count, "failed": 0,
+                                     "issuer": first.issuer.rfc4514_string()}  # fmt: skip
