@@ -55,10 +55,11 @@ class OpenStream:
             self._socket = response.extensions["network_stream"].get_extra_info("socket")
             self.status = self.status or response.status_code
             self.last_status = response.status_code
-            self.opened.set()
             if response.status_code != 200:
                 self.body = response.read().decode(errors="replace")
+                self.opened.set()  # after the body: a reader of `body` finds it there
                 return False
+            self.opened.set()
             kind = ""
             for line in response.iter_lines():
                 if line.startswith("retry: "):
