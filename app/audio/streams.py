@@ -186,7 +186,7 @@ class Stream:
         if self.released:
             return
         self.released = True
-        _hub.open -= 1
+        _hub.open = max(0, _hub.open - 1)  # (a hub reset for a new event loop starts at 0)
         _hub.queues.get(self.user_id, set()).discard(self.queue)
 
     async def _refresh_lease(self) -> None:
