@@ -14,7 +14,7 @@ SYSTEM_COMMANDS := postgres:postgresql pgbouncer:pgbouncer redis-server:redis-se
 	envsubst:gettext-base curl:curl psql:postgresql-client openssl:openssl wrk:wrk
 TEST_COMMANDS := espeak-ng:espeak-ng chromium:chromium certbot:certbot pebble:pebble
 
-.PHONY: help up down restart reload letsencrypt ps logs test test-chaos test-containers lint audit bench bench-audio manage system-deps test-deps clean
+.PHONY: help up dev down restart reload letsencrypt ps logs test test-chaos test-containers lint audit bench bench-audio manage system-deps test-deps clean
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -35,7 +35,10 @@ $(UV):
 	@touch $@
 
 up: system-deps .venv/.synced ## start the whole stack natively; returns when every service is healthy
-	$(STACK) up
+	STACK_MODE=production $(STACK) up
+
+dev: system-deps .venv/.synced ## the same stack for development: DEBUG, reloading web and worker, mail in var/mail
+	STACK_MODE=dev $(STACK) up
 
 down: .venv/.synced ## stop the stack
 	$(STACK) down

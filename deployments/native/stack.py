@@ -30,6 +30,8 @@ from dotenv import dotenv_values
 REPO_DIR = Path(__file__).resolve().parents[2]
 COMPOSE_DIR = REPO_DIR / "deployments" / "compose"
 DEFAULTS_FILE = Path(__file__).resolve().parent / "defaults.env"
+# `make dev` (STACK_MODE=dev): development settings over the defaults.
+DEV_FILE = Path(__file__).resolve().parent / "dev.env"
 GENERATED_SECRETS = (
     "SECRET_KEY",
     "POSTGRES_PASSWORD",
@@ -173,7 +175,13 @@ def load_env() -> dict[str, str]:
     _ensure_secrets(secrets_file)
     user_file = REPO_DIR / ".env.native"
     user_set = set(env)
-    for path in (user_file, secrets_file, DEFAULTS_FILE):
+    # The mode `up` was last run in (make up: production, make dev: dev), unless given.
+    mode_file = state / "run" / "mode"
+    env.setdefault(
+        "STACK_MODE", mode_file.read_text().strip() if mode_file.exists() else "production"
+    )
+    dev = [DEV_FILE] if env.get("STACK_MODE") == "dev" else []
+    for path in (user_file, secrets_file, *dev, DEFAULTS_FILE):
         if not path.exists():
             continue
         values = dotenv_values(path, interpolate=False)
@@ -209,14 +217,54 @@ def _postgres_bindir() -> str:
     return str(candidates[0]) if candidates else ""
 
 
+# Development (`make dev`): web under `uvicorn --reload`, the worker restarted by watchfiles when
+# code changes, and a mail sink keeping every message in STACK_DIR/mail (a Maildir).
+DEV_SERVICES = {
+    "web": Service(
+        "web",
+        (ENTRYPOINT, _script("django", "start-dev")),
+        (_script("django", "healthcheck"),),
+        ports=("WEB_PORT",),
+        start_timeout=180,
+        environment=(("WAIT_DATABASE", "direct"),),
+    ),
+    "celery_worker": Service(
+        "celery_worker",
+        (
+            ENTRYPOINT,
+            "watchfiles",
+            "--filter",
+            "python",
+            "--target-type",
+            "command",
+            _script("django", "celery", "worker", "start"),
+            ".",
+        ),
+        (_script("django", "celery", "worker", "healthcheck"),),
+        start_timeout=120,
+    ),
+}
+MAIL_SINK = Service(
+    "mail",
+    (str(Path(__file__).resolve().parent / "mail-sink"),),
+    (str(Path(__file__).resolve().parent / "mail-sink"), "check"),
+    ports=("MAIL_PORT",),
+    stop_wait=5,
+)
+
+
 def services_for(env: dict[str, str]) -> list[Service]:
-    """Skip the local database when the settings point at an external one."""
+    """Skip the local database when the settings point at an external one; in development,
+    the reloading web and worker and the mail sink."""
     skip = set()
     if env.get("STACK_EXTERNAL_DATABASE"):
         skip |= {"postgres", "pgbouncer"}
     elif env.get("POSTGRES_HOST", "127.0.0.1") not in LOOPBACK:
         skip.add("postgres")
-    return [s for s in SERVICES if s.name not in skip]
+    services = [s for s in SERVICES if s.name not in skip]
+    if env.get("STACK_MODE") == "dev":
+        services = [DEV_SERVICES.get(s.name, s) for s in services] + [MAIL_SINK]
+    return services
 
 
 # --- supervisord ---------------------------------------------------------------------------
@@ -390,6 +438,8 @@ def prepare_dirs(env: dict[str, str], services: list[Service]) -> None:
                                                 "MEDIA_ROOT", "NGINX_CONF_DIR", "NGINX_RUN_DIR",
                                                 "ACME_ROOT")]  # fmt: skip
     stack_dirs += [Path(env["TLS_CERT"]).parent, Path(env["TLS_KEY"]).parent]
+    if env.get("MAIL_DIR"):  # make dev's mail sink
+        stack_dirs.append(Path(env["MAIL_DIR"]))
     for directory in stack_dirs:
         directory.mkdir(parents=True, exist_ok=True)
     postgres_dirs = [Path(env["PGBOUNCER_CONF_DIR"])]
@@ -473,6 +523,7 @@ def up(env: dict[str, str]) -> None:
         down(env)
         running = None
     prepare_dirs(env, services)
+    (p["run"] / "mode").write_text(env["STACK_MODE"])
     started = time.monotonic()
     if running:
         _supervisorctl(env, "start", "all")
