@@ -39,11 +39,18 @@ def wait_for_new_certificate(port: int, root: Path, previous: int | None) -> x50
 
 class RequestsFlowing:
     """GET /healthz back to back over HTTPS while the certificate changes under it (either of the
-    two certificates will do: what counts is that no request fails)."""
+    two certificates will do: what counts is that no request fails).
+
+    A reload closes the old workers' idle keep-alive connections; a request written at that very
+    moment is lost unanswered, and HTTP clients retry an idempotent request once on a fresh
+    connection when a reused one closes without a response (RFC 9112 section 9.3.1; browsers and
+    curl do). This client does the same and counts those retries; a failure is anything else, or
+    a retry that fails too."""
 
     def __init__(self, base_url: str) -> None:
         self.base_url = base_url
         self.count = 0
+        self.retried = 0
         self.failures: list[str] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run)
@@ -55,12 +62,21 @@ class RequestsFlowing:
         with httpx.Client(base_url=self.base_url, verify=context, timeout=10) as client:
             while not self._stop.is_set():
                 try:
-                    status = client.get("/healthz").status_code
+                    status = self._get(client)
                     if status != 200:
                         self.failures.append(f"status {status}")
                 except httpx.HTTPError as exc:
                     self.failures.append(repr(exc))
                 self.count += 1
+
+    def _get(self, client: httpx.Client) -> int:
+        try:
+            return client.get("/healthz").status_code
+        except httpx.RemoteProtocolError as exc:
+            if "without sending a response" not in str(exc):
+                raise
+            self.retried += 1  # the pool has dropped the closed connection: this one is new
+            return client.get("/healthz").status_code
 
     def __enter__(self) -> "RequestsFlowing":
         self._thread.start()
