@@ -14,7 +14,7 @@ SYSTEM_COMMANDS := postgres:postgresql pgbouncer:pgbouncer redis-server:redis-se
 	envsubst:gettext-base curl:curl psql:postgresql-client openssl:openssl wrk:wrk
 TEST_COMMANDS := espeak-ng:espeak-ng chromium:chromium certbot:certbot pebble:pebble
 
-.PHONY: help up dev down restart reload letsencrypt ps logs test test-chaos test-containers lint audit bench bench-audio manage system-deps test-deps clean
+.PHONY: help up dev down restart reload letsencrypt ps logs test test-chaos test-containers lint audit bench bench-tasks bench-audio manage system-deps test-deps clean
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -85,8 +85,11 @@ audit: .venv/.synced ## known vulnerabilities in the locked dependencies (pip-au
 	.venv/bin/pip-audit --requirement .venv/requirements-audit.txt --no-deps --disable-pip \
 		--progress-spinner off --strict
 
-bench: system-deps .venv/.synced ## benchmarks: req/s of a DB-backed endpoint, pooled vs CONN_MAX_AGE=0
-	.venv/bin/python benchmarks/db_endpoint.py
+bench: system-deps .venv/.synced ## benchmarks: the web tier (servers side by side, through nginx, open-model latency)
+	.venv/bin/python benchmarks/web.py
+
+bench-tasks: system-deps .venv/.synced ## benchmarks: Celery enqueue-to-start latency on an idle worker
+	.venv/bin/python benchmarks/task_latency.py
 
 bench-audio: test-deps .venv/.synced ## benchmarks: audio processing speed and accuracy vs the ffmpeg CLI
 	.venv/bin/python benchmarks/audio_speed.py

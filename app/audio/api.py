@@ -9,6 +9,7 @@ from django.http import Http404, HttpResponse
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import mixins, status, viewsets
 from rest_framework.decorators import action
+from rest_framework.pagination import CursorPagination
 from rest_framework.parsers import JSONParser, MultiPartParser
 from rest_framework.request import Request
 from rest_framework.response import Response
@@ -45,11 +46,19 @@ class PresetList(APIView):
         return Response([preset.as_dict() for preset in PRESETS.values()])
 
 
+class NewestFirst(CursorPagination):
+    """Cursor pages, newest first: no COUNT(*) of the user's jobs on every read, and pages that
+    stay put while new jobs arrive."""
+
+    ordering = "-created_at"
+
+
 class JobViewSet(
     mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins.DestroyModelMixin,
     viewsets.GenericViewSet,
 ):  # fmt: skip
     serializer_class = JobSerializer
+    pagination_class = NewestFirst
     parser_classes = [MultiPartParser, JSONParser]
 
     def get_queryset(self) -> QuerySet[Job]:

@@ -1,3 +1,5 @@
+import time
+
 from celery import shared_task
 
 
@@ -5,3 +7,9 @@ from celery import shared_task
 def ping(value: str) -> str:
     """Echo: proves a round-trip through the broker, a worker and the result backend."""
     return value
+
+
+@shared_task(name="health.clock", ignore_result=False)
+def clock() -> float:
+    """The time a worker started this task (benchmarks/task_latency.py: enqueue to start)."""
+    return time.time()

@@ -6,5 +6,6 @@ urlpatterns = [
     path("healthz", views.healthz, name="healthz"),
     path("readyz", views.readyz, name="readyz"),
     path("diagnostics/database", views.diagnostics_database, name="diagnostics-database"),
+    path("diagnostics/request", views.diagnostics_request, name="diagnostics-request"),
     path("diagnostics/task", views.diagnostics_task, name="diagnostics-task"),
 ]

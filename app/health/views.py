@@ -1,6 +1,7 @@
 import asyncio
 import hmac
 import ipaddress
+import threading
 import time
 import uuid
 
@@ -67,6 +68,15 @@ def diagnostics_database(request: HttpRequest) -> JsonResponse:
     return JsonResponse(
         {"migrations": migrations, "now": now.isoformat(), "application_name": application_name}
     )
+
+
+@never_cache
+@require_GET
+def diagnostics_request(request: HttpRequest) -> JsonResponse:
+    """The smallest sync view behind the whole middleware stack: what the web server itself costs
+    (benchmarks/web.py), and which thread ran the view (tests of core.asgi)."""
+    _require_diagnostics_token(request)
+    return JsonResponse({"thread": threading.current_thread().name})
 
 
 @never_cache

@@ -20,6 +20,7 @@ from urllib.parse import unquote, urlsplit
 from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import DEFAULT_DB_ALIAS, connections
+from django.db.migrations.executor import MigrationExecutor
 from psycopg import sql
 
 # Arbitrary but fixed: every replica of this project contends for the same key.
@@ -51,7 +52,10 @@ class Command(BaseCommand):
         try:
             if app_role:
                 self._provision(connection, *app_role)
-            call_command("migrate", interactive=False, verbosity=options["verbosity"])
+            if _pending(connection):
+                call_command("migrate", interactive=False, verbosity=options["verbosity"])
+            else:  # skips the post_migrate handlers' queries on every start
+                self.stdout.write("No migrations to apply.")
             if app_role:
                 self._grant_existing(connection, app_role[0])
         finally:
@@ -89,6 +93,11 @@ class Command(BaseCommand):
                                    "public TO {}").format(name))  # fmt: skip
             cursor.execute(sql.SQL("GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA public "
                                    "TO {}").format(name))  # fmt: skip
+
+
+def _pending(connection: Any) -> bool:
+    executor = MigrationExecutor(connection)
+    return bool(executor.migration_plan(executor.loader.graph.leaf_nodes()))
 
 
 def _app_role(url: str, owner: dict[str, Any]) -> tuple[str, str] | None:

@@ -1,0 +1,344 @@
+"""The web tier, measured side by side in one run: which server runs this Django project best,
+and what users get through nginx/TLS.
+
+    make bench      # = .venv/bin/python benchmarks/web.py [--rounds 3] [--seconds 8] [--keep]
+
+On the benchmark stack (var/bench, its own ports; benchmarks/_common.py), in rounds that
+alternate every configuration so the machine's noise hits all of them:
+
+1. Servers, direct (no nginx), each with WEB_CONCURRENCY workers and the production Gunicorn
+   config: the WSGI reference (Gunicorn sync workers) and Gunicorn + Uvicorn workers with
+   long-lived sync threads (WEB_SYNC_THREADS=4, shipped) or a thread per request (=0, Django's
+   own handler), on a trivial sync view behind every middleware (/diagnostics/request) and on
+   the main API read (GET /api/jobs/, token auth, 20 jobs with renditions).
+2. Through nginx/TLS, the stack itself: the API read pooled (shipped) and naive
+   (DATABASE_POOL_MAX_SIZE=0, CONN_MAX_AGE=0: a new connection per request).
+3. Open model (benchmarks/open_load.py): the API read through nginx offered at a constant
+   rate of half the measured maximum; latency counts from when each request was due.
+
+wrk runs closed-loop (-t2 -c64). Writes results/web.{json,md,png}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import signal
+import ssl
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+from _common import (
+    REPO_DIR,
+    RESULTS_DIR,
+    BenchError,
+    base_environ,
+    git_commit,
+    load_average,
+    median,
+    run_stack,
+    run_wrk,
+    stack_env,
+    write_results,
+)
+from open_load import open_load
+
+GUNICORN_CONF = REPO_DIR / "deployments" / "compose" / "django" / "gunicorn.conf.py"
+SERVERS = {  # key: (label, Gunicorn arguments, environment)
+    "wsgi": (
+        "Gunicorn sync (WSGI), the reference",
+        ["core.wsgi:application", "--worker-class", "sync"],
+        {},
+    ),
+    "asgi": (
+        "Gunicorn + Uvicorn, 4 sync threads (shipped)",
+        ["core.asgi:application"],
+        {"WEB_SYNC_THREADS": "4"},
+    ),
+    "asgi_thread_per_request": (
+        "Gunicorn + Uvicorn, a thread per request (seed)",
+        ["core.asgi:application"],
+        {"WEB_SYNC_THREADS": "0"},
+    ),
+}
+DIRECT_PORTS = {"wsgi": 28211, "asgi": 28212, "asgi_thread_per_request": 28213}
+NAIVE = {"DATABASE_POOL_MAX_SIZE": "0", "DATABASE_CONN_MAX_AGE": "0"}
+TRIVIAL, API = "/diagnostics/request", "/api/jobs/"
+
+SEED = """
+from django.contrib.auth import get_user_model
+from django.utils import timezone
+from rest_framework.authtoken.models import Token
+from accounts.models import EmailAddress
+from audio.models import Job, Rendition
+user, _ = get_user_model().objects.get_or_create(username="bench", email="bench@example.test")
+EmailAddress.objects.update_or_create(user=user, defaults={"email": user.email,
+                                                           "verified_at": timezone.now()})
+for n in range(20 - Job.objects.filter(owner=user).count()):
+    job = Job.objects.create(owner=user, preset="podcast", status="done", progress=100,
+                             original_name=f"episode-{n}.wav", source_size=1_000_000)
+    for fmt in ("mp3", "aac", "opus"):
+        Rendition.objects.create(job=job, format=fmt, content_type="audio/mpeg", file_name=fmt,
+                                 size=500_000, loudness={"integrated": -16.0})
+print(Token.objects.get_or_create(user=user)[0].key)
+"""
+
+
+def seed(env: dict[str, str]) -> str:
+    manage = ["run", stack_python_path(), str(REPO_DIR / "app" / "manage.py")]
+    return run_stack([*manage, "shell", "-c", SEED], env, echo=False).split()[-1]
+
+
+def stack_python_path() -> str:
+    return str(REPO_DIR / ".venv" / "bin" / "python")
+
+
+@contextlib.contextmanager
+def servers(env: dict[str, str], log_dir: Path) -> Iterator[None]:
+    """The direct servers, all started at once (idle ones cost nothing), stopped at the end."""
+    started = []
+    try:
+        for key, (_, args, extra) in SERVERS.items():
+            command = [
+                stack_python_path(),
+                "-m",
+                "gunicorn",
+                "--config",
+                str(GUNICORN_CONF),
+                "--chdir",
+                str(REPO_DIR / "app"),
+                *args,
+            ]
+            log = (log_dir / f"bench-{key}.log").open("ab")
+            started.append(
+                subprocess.Popen(
+                    [
+                        stack_python_path(),
+                        str(REPO_DIR / "deployments/native/stack.py"),
+                        "run",
+                        *command,
+                    ],
+                    env={**env, **extra, "WEB_PORT": str(DIRECT_PORTS[key])},
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,
+                )
+            )
+        yield
+    finally:
+        for process in started:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGTERM)
+        for process in started:
+            process.wait(30)
+
+
+def wait_ok(url: str, headers: dict[str, str], context: ssl.SSLContext | None) -> None:
+    request = urllib.request.Request(url, headers=headers)  # noqa: S310
+    deadline, last = time.monotonic() + 60, ""
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(request, context=context, timeout=10) as response:  # noqa: S310
+                if response.status == 200:
+                    return
+        except OSError as exc:
+            last = repr(exc)
+        time.sleep(0.5)
+    raise BenchError(f"{url} did not answer 200: {last}")
+
+
+def bring_up(env: dict[str, str], overrides: dict[str, str]) -> None:
+    print(f"  stack up {overrides or '(shipped configuration)'}", flush=True)
+    run_stack(["up"], {**env, **overrides}, echo=False)
+
+
+def measure(args: argparse.Namespace) -> dict:
+    env = base_environ()
+    bring_up(env, {})
+    resolved = stack_env(env)
+    token = seed(env)
+    auth = {"Authorization": f"Token {token}"}
+    diagnostics = {"X-Diagnostics-Token": resolved["DIAGNOSTICS_TOKEN"]}
+    direct_headers = {"X-Forwarded-Proto": "https", "Host": "localhost"}
+    tls = ssl.create_default_context(cafile=str(Path(resolved["STACK_DIR"]) / "tls" / "ca.pem"))
+    edge = f"https://localhost:{resolved['NGINX_HTTPS_PORT']}"
+    runs: list[dict] = []
+
+    def run(config: str, url: str, headers: dict[str, str], round_: int) -> None:
+        result = run_wrk(url, headers, args.connections, args.seconds)
+        print(
+            f"  round {round_} {config:<36} {result.requests_per_sec:>8.1f} req/s  "
+            f"p50 {result.latency_ms.get('50')} ms  p99 {result.latency_ms.get('99')} ms  "
+            f"errors {result.errors}",
+            flush=True,
+        )
+        runs.append(
+            {
+                "round": round_,
+                "config": config,
+                "req_s": result.requests_per_sec,
+                "p50_ms": result.latency_ms.get("50"),
+                "p99_ms": result.latency_ms.get("99"),
+                "errors": result.errors,
+                "load_average": load_average(),
+            }
+        )
+
+    with servers(resolved, Path(resolved["STACK_DIR"]) / "log"):
+        for port in DIRECT_PORTS.values():
+            base = f"http://127.0.0.1:{port}"
+            wait_ok(base + TRIVIAL, direct_headers | diagnostics, None)
+            wait_ok(base + API, direct_headers | auth, None)
+        wait_ok(edge + API, auth, tls)
+        for round_ in range(1, args.rounds + 1):
+            for key, port in DIRECT_PORTS.items():
+                base = f"http://127.0.0.1:{port}"
+                run(f"direct {key} trivial", base + TRIVIAL, direct_headers | diagnostics, round_)
+                run(f"direct {key} api", base + API, direct_headers | auth, round_)
+            run("nginx asgi api", edge + API, auth, round_)
+            run("nginx asgi trivial", edge + TRIVIAL, diagnostics, round_)
+    for round_ in range(1, args.rounds + 1):
+        bring_up(env, NAIVE)
+        wait_ok(edge + API, auth, tls)
+        run("nginx asgi api naive (no pool)", edge + API, auth, round_)
+    bring_up(env, {})
+    wait_ok(edge + API, auth, tls)
+    best = median([r["req_s"] for r in runs if r["config"] == "nginx asgi api"]) or 0
+    rate = max(1, round(best / 2))
+    print(f"  open model: {rate} req/s offered for {args.open_seconds} s", flush=True)
+    steady = open_load(edge + API, auth, rate, args.open_seconds, tls)
+    return {"runs": runs, "open_model": steady}
+
+
+def summarize(result: dict) -> dict:
+    medians = {}
+    for config in dict.fromkeys(r["config"] for r in result["runs"]):
+        mine = [r for r in result["runs"] if r["config"] == config]
+        medians[config] = {
+            k: median([r[k] for r in mine if r[k] is not None])
+            for k in ("req_s", "p50_ms", "p99_ms")
+        } | {"errors": sum(r["errors"] for r in mine), "rounds": len(mine)}
+
+    def ratio(a: str, b: str) -> float | None:
+        x, y = medians.get(a, {}).get("req_s"), medians.get(b, {}).get("req_s")
+        return round(x / y, 2) if x and y else None
+
+    return {
+        "medians": medians,
+        "ratios": {
+            "asgi_tax_trivial (wsgi / asgi, target <= 1.5)": ratio(
+                "direct wsgi trivial", "direct asgi trivial"
+            ),
+            "asgi_tax_trivial_seed (wsgi / thread per request)": ratio(
+                "direct wsgi trivial", "direct asgi_thread_per_request trivial"
+            ),
+            "sync_threads_gain_trivial (shipped / thread per request)": ratio(
+                "direct asgi trivial", "direct asgi_thread_per_request trivial"
+            ),
+            "sync_threads_gain_api (shipped / thread per request)": ratio(
+                "direct asgi api", "direct asgi_thread_per_request api"
+            ),
+            "api_through_nginx / wsgi_trivial (target >= 0.5)": ratio(
+                "nginx asgi api", "direct wsgi trivial"
+            ),
+            "api_through_nginx pooled / naive (target >= 20)": ratio(
+                "nginx asgi api", "nginx asgi api naive (no pool)"
+            ),
+        },
+    }
+
+
+def markdown(payload: dict) -> str:
+    lines = [
+        f"# Web benchmark ({payload['finished']}, commit {payload['commit']})",
+        "",
+        f"wrk -t2 -c{payload['options']['connections']}, {payload['options']['seconds']} s a "
+        f"run, {payload['options']['rounds']} alternating rounds (medians); load average "
+        f"before/after {payload['load_average_before']} / {payload['load_average_after']}.",
+        "",
+        "| configuration | req/s | p50 ms | p99 ms | errors |",
+        "|---|---|---|---|---|",
+    ]
+    for config, m in payload["summary"]["medians"].items():
+        lines.append(f"| {config} | {m['req_s']} | {m['p50_ms']} | {m['p99_ms']} | {m['errors']} |")
+    lines += ["", "| ratio | value |", "|---|---|"]
+    lines += [f"| {k} | {v} |" for k, v in payload["summary"]["ratios"].items()]
+    o = payload["open_model"]
+    lines += [
+        "",
+        f"Open model, API read through nginx: {o['offered_rate']} req/s offered for "
+        f"{o['seconds']} s, {o['completed']} completed, {o['errors']} errors; latency from "
+        f"each request's due time: p50 {o['p50_ms']} ms, p90 {o['p90_ms']} ms, "
+        f"p99 {o['p99_ms']} ms (target p99 <= 50 ms).",
+    ]
+    return "\n".join(lines)
+
+
+def plot(payload: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    medians = payload["summary"]["medians"]
+    names = list(medians)
+    fig, (left, right) = plt.subplots(1, 2, figsize=(14, 6))
+    left.barh(names, [medians[n]["req_s"] or 0 for n in names], color="tab:blue")
+    left.set_xlabel("requests/s (median)")
+    left.invert_yaxis()
+    y = range(len(names))
+    right.barh([i - 0.2 for i in y], [medians[n]["p50_ms"] or 0 for n in names], 0.4, label="p50")
+    right.barh([i + 0.2 for i in y], [medians[n]["p99_ms"] or 0 for n in names], 0.4, label="p99")
+    right.set_yticks(list(y), [""] * len(names))
+    right.invert_yaxis()
+    right.set_xscale("log")
+    right.set_xlabel("latency ms (median of rounds, log scale)")
+    right.legend()
+    fig.suptitle(
+        f"web tier, {payload['options']['rounds']} alternating rounds, "
+        f"load average {payload['load_average_before']}"
+    )
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--seconds", type=int, default=8)
+    parser.add_argument("--connections", type=int, default=64)
+    parser.add_argument("--open-seconds", type=int, default=20)
+    parser.add_argument("--keep", action="store_true", help="leave the stack running")
+    args = parser.parse_args(argv)
+    before = load_average()
+    try:
+        result = measure(args)
+    except BenchError as exc:
+        print(f"bench: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        if not args.keep:
+            run_stack(["down"], base_environ(), echo=False)
+    payload = {
+        "benchmark": "web",
+        "commit": git_commit(),
+        "finished": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "options": vars(args),
+        "load_average_before": before,
+        "load_average_after": load_average(),
+        **result,
+        "summary": summarize(result),
+    }
+    paths = write_results("web", payload, markdown(payload))
+    plot(payload, RESULTS_DIR / "web.png")
+    print(paths[1].read_text())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,73 @@
+"""What the main API read costs the database, counted on real PostgreSQL: a fixed number of
+queries whatever the number of jobs (no N+1), the token lookup cached, no COUNT(*) per page; and
+a cached token still stops working the moment it is revoked."""
+
+import pytest
+from rest_framework.authtoken.models import Token
+from rest_framework.test import APIClient
+
+from audio.models import Job, Rendition
+from tests.audio.conftest import make_user
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def token_client(user: object) -> APIClient:
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION=f"Token {Token.objects.create(user=user).key}")
+    return client
+
+
+def add_jobs(user: object, count: int) -> None:
+    for n in range(count):
+        job = Job.objects.create(owner=user, preset="podcast", original_name=f"{n}.wav")
+        for fmt in ("mp3", "aac", "opus"):
+            Rendition.objects.create(job=job, format=fmt, content_type="audio/mpeg", file_name=fmt)
+
+
+@pytest.mark.parametrize("jobs", [1, 25])
+def test_the_job_list_costs_the_same_queries_for_1_or_25_jobs(jobs, django_assert_num_queries):
+    user = make_user("reader")
+    client = token_client(user)
+    add_jobs(user, jobs)
+    with django_assert_num_queries(3):  # the token (then cached), the page, its renditions
+        first = client.get("/api/jobs/")
+    with django_assert_num_queries(2) as captured:  # the page, its renditions
+        again = client.get("/api/jobs/")
+    assert first.status_code == again.status_code == 200
+    assert not any("COUNT(" in q["sql"].upper() for q in captured.captured_queries)
+    page = again.json()
+    assert len(page["results"]) == min(jobs, 20)
+    assert all(len(job["renditions"]) == 3 for job in page["results"])
+    assert (page["next"] is not None) == (jobs > 20)
+
+
+def test_cursor_pages_walk_every_job_once_newest_first() -> None:
+    user = make_user("walker")
+    client = token_client(user)
+    add_jobs(user, 45)
+    seen, url = [], "/api/jobs/"
+    while url:
+        page = client.get(url).json()
+        seen += [job["id"] for job in page["results"]]
+        url = page["next"]
+    expected = [str(pk) for pk in Job.objects.filter(owner=user).values_list("pk", flat=True)]
+    assert seen == expected and len(seen) == 45  # Job's ordering: newest first
+
+
+def test_a_cached_token_stops_working_at_once_when_revoked() -> None:
+    user = make_user("revoked")
+    client = token_client(user)
+    assert client.get("/api/jobs/").status_code == 200  # now cached
+    user.set_password("another-pw-789!")
+    user.save()  # a new password revokes every token
+    assert client.get("/api/jobs/").status_code == 401
+
+
+def test_a_cached_token_of_a_deactivated_user_stops_working_at_once() -> None:
+    user = make_user("leaver")
+    client = token_client(user)
+    assert client.get("/api/jobs/").status_code == 200
+    user.is_active = False
+    user.save()
+    assert client.get("/api/jobs/").status_code == 401
