@@ -67,7 +67,7 @@ def run_stack(args: list[str], env: dict[str, str], echo: bool = True) -> str:
 
 def stack_env(env: dict[str, str]) -> dict[str, str]:
     """The stack's resolved environment (passwords, certificate paths) as `stack.py env` prints."""
-    resolved = {}
+    resolved = dict(env)  # `env` prints only what the stack added to it
     for line in run_stack(["env"], env, echo=False).splitlines():
         key, _, value = line.removeprefix("export ").partition("=")
         resolved[key] = shlex.split(value)[0] if value else ""

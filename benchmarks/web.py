@@ -28,11 +28,13 @@ import signal
 import ssl
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
+import psycopg
 from _common import (
     REPO_DIR,
     RESULTS_DIR,
@@ -212,7 +214,45 @@ def measure(args: argparse.Namespace) -> dict:
     rate = max(1, round(best / 2))
     print(f"  open model: {rate} req/s offered for {args.open_seconds} s", flush=True)
     steady = open_load(edge + API, auth, rate, args.open_seconds, tls)
-    return {"runs": runs, "open_model": steady}
+    print(f"  scale: {args.scale_connections} connections at once", flush=True)
+    with PeakSessions(resolved) as sessions:
+        crowd = run_wrk(edge + API, auth, args.scale_connections, args.seconds)
+    scale = {
+        "connections": args.scale_connections,
+        "req_s": crowd.requests_per_sec,
+        "p99_ms": crowd.latency_ms.get("99"),
+        "errors": crowd.errors,
+        "peak_postgres_sessions": sessions.peak,
+        "pgbouncer_pool": int(resolved.get("PGBOUNCER_DEFAULT_POOL_SIZE", "20"))
+        + int(resolved.get("PGBOUNCER_RESERVE_POOL_SIZE", "0")),
+    }
+    return {"runs": runs, "open_model": steady, "scale": scale}
+
+
+class PeakSessions(threading.Thread):
+    """The most sessions PostgreSQL serves the app's role at once, sampled every 50 ms."""
+
+    def __init__(self, env: dict[str, str]) -> None:
+        super().__init__()
+        self.env, self.peak, self.done = env, 0, threading.Event()
+
+    def run(self) -> None:
+        query = (
+            "SELECT count(*) FROM pg_stat_activity WHERE usename = %s "
+            "AND backend_type = 'client backend'"
+        )
+        with psycopg.connect(self.env["DATABASE_DIRECT_URL"], autocommit=True) as conn:
+            while not self.done.wait(0.05):
+                (count,) = conn.execute(query, [self.env["APP_DB_USER"]]).fetchone()
+                self.peak = max(self.peak, count)
+
+    def __enter__(self) -> PeakSessions:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.done.set()
+        self.join()
 
 
 def summarize(result: dict) -> dict:
@@ -276,6 +316,14 @@ def markdown(payload: dict) -> str:
         f"each request's due time: p50 {o['p50_ms']} ms, p90 {o['p90_ms']} ms, "
         f"p99 {o['p99_ms']} ms (target p99 <= 50 ms).",
     ]
+    c = payload["scale"]
+    lines += [
+        "",
+        f"Scale, API read through nginx: {c['connections']} connections at once: "
+        f"{c['req_s']} req/s, p99 {c['p99_ms']} ms, {c['errors']} errors; PostgreSQL served "
+        f"the app with at most {c['peak_postgres_sessions']} sessions (PgBouncer pool and "
+        f"reserve: {c['pgbouncer_pool']}).",
+    ]
     return "\n".join(lines)
 
 
@@ -313,6 +361,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=int, default=8)
     parser.add_argument("--connections", type=int, default=64)
     parser.add_argument("--open-seconds", type=int, default=20)
+    parser.add_argument("--scale-connections", type=int, default=1000)
     parser.add_argument("--keep", action="store_true", help="leave the stack running")
     args = parser.parse_args(argv)
     before = load_average()
