@@ -17,12 +17,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import imageio_ffmpeg
+import numpy as np
+import pyebur128
 
-from .media import Analysis, InvalidAudio, Limits, Loudness, analyse
+from .media import SILENCE_LUFS, Analysis, InvalidAudio, Limits, Loudness, analyse
 
 LOUDNESS_TOLERANCE_LU = 1.0
 MAX_ATTEMPTS = 4
 SETTLE_LU = 0.5  # stop correcting once this close to the target (the promise is ±1 LU)
+SEARCH_LU = 0.2  # the gain search on raw PCM stops this close to the target
+SEARCH_STEPS = 3
 ENCODE_TIMEOUT_S = 1800
 STOP_CHECK_S = 0.5
 
@@ -66,6 +70,8 @@ class Rendition:
     gain_db: float
     within_target: bool
     note: str
+    encodes: int = 1  # the encode + measure passes it took
+    limit_dbfs: float | None = None  # the limiter's level in the delivered encode
 
 
 def demuxer_name(analysis: Analysis) -> str:
@@ -98,7 +104,8 @@ def render(
         measured = analyse(dest, limits, waveform=False).loudness
         return Rendition(fmt, dest, measured, 0.0, False, "silent: nothing to normalise")
     limit = ceiling_dbtp - 0.5
-    attempts: list[tuple[Path, Loudness, float]] = []
+    gain = limited_gain(source, analysis, gain, limit, target_lufs, limits, stop)
+    attempts: list[tuple[Path, Loudness, float, float]] = []
     made: list[Path] = []
     try:
         for attempt in range(1, MAX_ATTEMPTS + 1):
@@ -107,7 +114,7 @@ def render(
             _ffmpeg(source, demuxer_name(analysis), path, fmt, gain_db=gain, limit_dbfs=limit,
                     limits=limits, stop=stop)  # fmt: skip
             measured = analyse(path, limits, waveform=False).loudness
-            attempts.append((path, measured, gain))
+            attempts.append((path, measured, gain, limit))
             if measured.integrated_lufs is None:
                 break
             error = target_lufs - measured.integrated_lufs
@@ -127,9 +134,11 @@ def render(
         raise
     # Deliver the attempt that keeps both promises and is closest to the target; failing
     # that, the one nearest to keeping them.
-    path, measured, gain = min(attempts, key=lambda a: _miss(a[1], target_lufs, ceiling_dbtp))
+    path, measured, gain, limit = min(
+        attempts, key=lambda a: _miss(a[1], target_lufs, ceiling_dbtp)
+    )
     path.replace(dest)
-    for other, _, _ in attempts:
+    for other, *_ in attempts:
         other.unlink(missing_ok=True)
     loud_ok = (
         measured.integrated_lufs is not None
@@ -149,7 +158,44 @@ def render(
             f"true peak {measured.true_peak_dbtp:.1f} dBTP is above the "
             f"{ceiling_dbtp:.0f} dBTP ceiling"
         )
-    return Rendition(fmt, dest, measured, gain, loud_ok and peak_ok, note)
+    return Rendition(fmt, dest, measured, gain, loud_ok and peak_ok, note, len(attempts), limit)
+
+
+def limited_gain(
+    source: Path,
+    analysis: Analysis,
+    gain_db: float,
+    limit_dbfs: float,
+    target_lufs: float,
+    limits: Limits,
+    stop: Callable[[], bool] = lambda: False,
+) -> float:
+    """The gain that brings the source to the target *after* the limiter.
+
+    Where the gain lifts peaks into the limiter (speech raised by 10 dB), limiting takes loudness
+    away, and each correction used to cost an encode and a measure of the rendition. Here the
+    corrections are made on raw PCM out of the same filters (no codec, integrated loudness
+    only), a fraction of that cost; the encode then usually lands on the first try. Material
+    the limiter leaves alone (its true peak stays under the limit) needs no search.
+    """
+    peak = analysis.loudness.true_peak_dbtp
+    if peak is None or peak + gain_db <= limit_dbfs:
+        return gain_db
+    # Every format of a job starts from the same gain and limit: search once.
+    key = (str(source), source.stat().st_mtime_ns, round(gain_db, 3), limit_dbfs, target_lufs)
+    if (found := _searched.get(key)) is not None:
+        return found
+    for _ in range(SEARCH_STEPS):
+        measured = _pcm_loudness(source, analysis, gain_db, limit_dbfs, limits, stop)
+        if measured is None or abs(target_lufs - measured) <= SEARCH_LU:
+            break
+        gain_db += target_lufs - measured
+    _searched.clear()  # one job at a time per worker process
+    _searched[key] = gain_db
+    return gain_db
+
+
+_searched: dict[tuple, float] = {}
 
 
 def _miss(loudness: Loudness, target_lufs: float, ceiling_dbtp: float) -> tuple[float, float]:
@@ -173,16 +219,8 @@ def _ffmpeg(
     limits: Limits,
     stop: Callable[[], bool] = lambda: False,
 ) -> None:
-    limit = min(max(10 ** (limit_dbfs / 20), 0.0625), 1.0)
-    filters = (
-        f"volume={gain_db:.3f}dB,alimiter=limit={limit:.5f}:level=disabled:attack=5:release=50"
-    )
-    command = [
-        imageio_ffmpeg.get_ffmpeg_exe(), "-nostdin", "-hide_banner", "-loglevel", "error",
-        "-protocol_whitelist", "file", "-f", demuxer, "-i", str(source),
-        "-map", "0:a:0", "-vn", "-sn", "-dn", "-map_metadata", "-1",
-        "-af", filters, *fmt.codec_args, "-y", str(dest),
-    ]  # fmt: skip
+    command = [*_filtered_input(source, demuxer, gain_db, limit_dbfs), "-map_metadata", "-1",
+               *fmt.codec_args, "-y", str(dest)]  # fmt: skip
     cpu_before = _children_cpu_s()
     deadline = time.monotonic() + ENCODE_TIMEOUT_S
     process = subprocess.Popen(
@@ -209,6 +247,60 @@ def _ffmpeg(
         dest.unlink(missing_ok=True)
         failed = subprocess.CalledProcessError(process.returncode, command, stderr=stderr)
         raise _failure(failed, fmt, limits, _children_cpu_s() - cpu_before)
+
+
+def _filtered_input(source: Path, demuxer: str, gain_db: float, limit_dbfs: float) -> list[str]:
+    """ffmpeg reading the source's first audio stream through the gain and the limiter."""
+    limit = min(max(10 ** (limit_dbfs / 20), 0.0625), 1.0)
+    filters = (
+        f"volume={gain_db:.3f}dB,alimiter=limit={limit:.5f}:level=disabled:attack=5:release=50"
+    )
+    return [
+        imageio_ffmpeg.get_ffmpeg_exe(), "-nostdin", "-hide_banner", "-loglevel", "error",
+        "-protocol_whitelist", "file", "-f", demuxer, "-i", str(source),
+        "-map", "0:a:0", "-vn", "-sn", "-dn", "-af", filters,
+    ]  # fmt: skip
+
+
+def _pcm_loudness(
+    source: Path,
+    analysis: Analysis,
+    gain_db: float,
+    limit_dbfs: float,
+    limits: Limits,
+    stop: Callable[[], bool],
+) -> float | None:
+    """Integrated loudness of the source through the gain and the limiter, read as raw float
+    PCM from ffmpeg's output pipe (None: silent)."""
+    channels, rate = analysis.channels, analysis.sample_rate
+    command = [*_filtered_input(source, demuxer_name(analysis), gain_db, limit_dbfs),
+               "-ac", str(channels), "-ar", str(rate), "-f", "f32le", "-c:a", "pcm_f32le",
+               "pipe:1"]  # fmt: skip
+    meter = pyebur128.R128State(channels, rate, pyebur128.MeasurementMode.MODE_I)
+    frame_bytes, pending = 4 * channels, b""
+    process = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+        preexec_fn=functools.partial(_confine, limits),
+    )  # fmt: skip
+    try:
+        while chunk := process.stdout.read(1 << 20):
+            if stop():
+                raise Stopped("measuring was stopped")
+            data = pending + chunk
+            usable = len(data) - len(data) % frame_bytes
+            block, pending = np.frombuffer(data[:usable], dtype=np.float32), data[usable:]
+            meter.add_frames(block, len(block) // channels)
+        process.wait(ENCODE_TIMEOUT_S)
+    except BaseException:
+        process.kill()
+        process.wait()
+        raise
+    finally:
+        process.stdout.close()
+    if process.returncode:
+        raise InvalidAudio(f"measuring the limited audio failed (exit status {process.returncode})")
+    integrated = pyebur128.get_loudness_global(meter)
+    return integrated if math.isfinite(integrated) and integrated > SILENCE_LUFS else None
 
 
 def _children_cpu_s() -> float:
