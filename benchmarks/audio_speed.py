@@ -81,13 +81,15 @@ SPEECH_TEXTS = (
     "laugh, a pause, and a very quiet aside that the microphone almost missed.",
 )
 
-METHODS = ("pipeline", "loudnorm", "encode_only")
+METHODS = ("pipeline", "loudnorm", "encode_only", "loudnorm2")
 METHOD_LABELS = {
     "pipeline": "(a) pipeline: analyse + render per format (verified, retries)",
     "loudnorm": "(b) ffmpeg CLI, single-pass loudnorm per format (unverified)",
     "encode_only": "(c) encode step of (a) only: encode._ffmpeg with (a)'s last gain/limit",
+    "loudnorm2": "(d) ffmpeg CLI, two-pass linear loudnorm (ffmpeg-normalize's way, unverified)",
 }
-SHORT = {"pipeline": "(a)", "loudnorm": "(b)", "encode_only": "(c)"}
+SHORT = {"pipeline": "(a)", "loudnorm": "(b)", "encode_only": "(c)", "loudnorm2": "(d)"}
+DELIVERING = ("pipeline", "loudnorm", "loudnorm2")  # the methods whose renditions are measured
 
 
 class BenchError(RuntimeError):
@@ -306,17 +308,32 @@ def run_pipeline(
     return chosen
 
 
-def loudnorm_command(source: Source, preset: Preset, fmt: encode.Format, dest: Path) -> list[str]:
-    """Same input handling and codec args as encode._ffmpeg; loudnorm instead of volume+alimiter."""
+def loudnorm_command(
+    source: Source,
+    preset: Preset,
+    fmt: encode.Format | None,
+    dest: Path | None,
+    measured: dict[str, str] | None = None,
+) -> list[str]:
+    """Same input handling and codec args as encode._ffmpeg; loudnorm instead of volume+alimiter.
+    Without a format: loudnorm's measuring pass (no output). With `measured` (that pass's
+    report): the second pass, linear (one gain for the whole file) where loudnorm can."""
     loudnorm = (
         f"loudnorm=I={preset.target_lufs:g}:TP={preset.ceiling_dbtp:g}:LRA={LOUDNORM_LRA}"
         ":print_format=json"
     )
+    if measured:
+        loudnorm += (
+            f":measured_I={measured['input_i']}:measured_TP={measured['input_tp']}"
+            f":measured_LRA={measured['input_lra']}:measured_thresh={measured['input_thresh']}"
+            f":offset={measured['target_offset']}:linear=true"
+        )
+    output = ["-f", "null", "-"] if fmt is None else [*fmt.codec_args, "-y", str(dest)]
     return [
         FFMPEG, "-nostdin", "-hide_banner", "-nostats", "-loglevel", "info",
         "-protocol_whitelist", "file", "-f", source.demuxer, "-i", str(source.path),
         "-map", "0:a:0", "-vn", "-sn", "-dn", "-map_metadata", "-1",
-        "-af", loudnorm, *fmt.codec_args, "-y", str(dest),
+        "-af", loudnorm, *output,
     ]  # fmt: skip
 
 
@@ -338,14 +355,29 @@ def float_or_none(text: str | None) -> float | None:
     return value if math.isfinite(value) else None
 
 
-def run_loudnorm(source: Source, preset: Preset, outdir: Path, run: Run) -> None:
-    """(b)."""
+def run_loudnorm(
+    source: Source, preset: Preset, outdir: Path, run: Run, two_pass: bool = False
+) -> None:
+    """(b), or (d) with `two_pass`: one measuring pass of the source, then one per format."""
+    measured = None
+    if two_pass:
+        started = time.perf_counter()
+        result = subprocess.run(
+            loudnorm_command(source, preset, None, None),
+            capture_output=True, timeout=BASELINE_TIMEOUT_S, check=False,
+        )  # fmt: skip
+        measured = loudnorm_report(result.stderr.decode(errors="replace"))
+        run.analyse_s = time.perf_counter() - started
+        if result.returncode or not measured:
+            run.steps.append(Step("measure", run.analyse_s, error="loudnorm's first pass failed"))
+            return
     for name in preset.formats:
         command = loudnorm_command(
             source,
             preset,
             encode.FORMATS[name],
-            output_path(outdir, "loudnorm", source, preset, name),
+            output_path(outdir, run.method, source, preset, name),
+            measured,
         )
         started = time.perf_counter()
         try:
@@ -441,8 +473,8 @@ def bench(
                             chosen[source.key, preset.name] = run_pipeline(
                                 source, preset, outdir, spy, run
                             )
-                        elif method == "loudnorm":
-                            run_loudnorm(source, preset, outdir, run)
+                        elif method in ("loudnorm", "loudnorm2"):
+                            run_loudnorm(source, preset, outdir, run, method == "loudnorm2")
                         else:
                             run_encode_only(
                                 source,
@@ -491,7 +523,7 @@ class Measured:
 
 def measure_outputs(sources: list[Source], presets: list[Preset], outdir: Path) -> list[Measured]:
     measured: list[Measured] = []
-    for method in ("pipeline", "loudnorm"):
+    for method in DELIVERING:
         for source in sources:
             for preset in presets:
                 for name in preset.formats:
@@ -615,33 +647,34 @@ def speed_table(
     sources: list[Source],
 ) -> str:
     header = (
-        f"{'preset':<10} {'source':<13} | {'(a)':>6} {'(b)':>6} {'(c)':>6} {'a/b':>5} "
-        f"| {'(a)':>6} {'(b)':>6} {'(c)':>6} | {'analyse':>7} {'encodes':>7}"
+        f"{'preset':<10} {'source':<13} | {'(a)':>6} {'(b)':>6} {'(c)':>6} {'(d)':>6} {'a/b':>5} "
+        f"{'a/d':>5} | {'(a)':>6} {'(b)':>6} {'(c)':>6} {'(d)':>6} | {'analyse':>7} {'encodes':>7}"
     )
     lines = [
         "SPEED: x realtime (seconds of source audio per second), median over rounds",
-        f"{'':<24} | {'wall clock':^25} | {'CPU time (user+sys)':^20} | {'(a) only':^15}",
+        f"{'':<24} | {'wall clock':^38} | {'CPU time (user+sys)':^27} | {'(a) only':^15}",
         header,
         "-" * len(header),
     ]
     for preset, per_source in summary.items():
         for key in [*(s.key for s in sources), "all"]:
             cells = per_source[key]
-            a, b, c = (cells[m]["x_realtime_wall"] for m in METHODS)
+            a, b, c, d = (cells[m]["x_realtime_wall"] for m in METHODS)
             ratio = a / b if a and b else None
+            ratio_d = a / d if a and d else None
             share = cells["pipeline"].get("analyse_share_of_wall")
             encodes = attempts_text(runs, key, preset) if key != "all" else ""
             label = "all sources" if key == "all" else key
             lines.append(
-                f"{preset:<10} {label:<13} | {fmt(a):>6} {fmt(b):>6} {fmt(c):>6} "
-                f"{fmt(ratio, 2):>5} | "
+                f"{preset:<10} {label:<13} | {fmt(a):>6} {fmt(b):>6} {fmt(c):>6} {fmt(d):>6} "
+                f"{fmt(ratio, 2):>5} {fmt(ratio_d, 2):>5} | "
                 + " ".join(f"{fmt(cells[m]['x_realtime_cpu']):>6}" for m in METHODS)
                 + f" | {fmt(share * 100 if share is not None else None, 0) + '%':>7} "
                 f"{encodes:>7}"
             )
         lines.append("-" * len(header))
     lines += [
-        "a/b: (a) speed / (b) speed (below 1: our pipeline is slower).",
+        "a/b, a/d: (a) speed / (b) or (d) speed (below 1: our pipeline is slower).",
         "analyse: share of (a)'s wall time spent in media.analyse() of the source;",
         "encodes: ffmpeg encodes render() made per format (retries), last round.",
     ]
@@ -655,7 +688,7 @@ def accuracy_table(measured: list[Measured], presets: list[Preset]) -> str:
     )
     lines = ["ACCURACY of delivered renditions (media.analyse, BS.1770 / libebur128)", header]
     lines.append("-" * len(header))
-    for method in ("pipeline", "loudnorm"):
+    for method in DELIVERING:
         groups = [(p.name, [r for r in measured if r.preset == p.name]) for p in presets]
         groups.append(("all", measured))
         for name, rows in groups:
@@ -788,7 +821,9 @@ def write_json(
     complete: bool,
 ) -> Path:
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-    path = RESULTS_DIR / f"audio_speed-{started.strftime('%Y%m%dT%H%M%SZ')}.json"
+    for old in RESULTS_DIR.glob("audio_speed-*.json"):  # one latest result (git keeps the rest)
+        old.unlink()
+    path = RESULTS_DIR / "audio_speed.json"
     example = (
         loudnorm_command(sources[0], presets[0], encode.FORMATS[presets[0].formats[0]], Path("OUT"))
         if sources and presets
@@ -833,7 +868,7 @@ def write_json(
                     for p in presets
                 },
             }
-            for method in ("pipeline", "loudnorm")
+            for method in DELIVERING
         },
         "renditions": [
             {**asdict(r), "lufs_error": round_or_none(r.lufs_error, 3)} for r in measured
@@ -843,6 +878,29 @@ def write_json(
     }
     path.write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
     return path
+
+
+def plot(summary: dict, path: Path, rounds: int) -> None:
+    """Speed per preset and source, each method side by side (x realtime, wall clock)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    groups = [(preset, key) for preset, per in summary.items() for key in per if key != "all"]
+    fig, ax = plt.subplots(figsize=(12, 5))
+    width = 0.8 / len(METHODS)
+    for n, method in enumerate(METHODS):
+        values = [summary[p][k][method]["x_realtime_wall"] or 0 for p, k in groups]
+        ax.bar([i + n * width for i in range(len(groups))], values, width, label=SHORT[method]
+               + " " + METHOD_LABELS[method].split(" ", 1)[1][:40])  # fmt: skip
+    ax.set_xticks([i + 0.4 - width / 2 for i in range(len(groups))],
+                  [f"{p}\n{k}" for p, k in groups], fontsize=8)  # fmt: skip
+    ax.set_ylabel("x realtime (wall clock, median)")
+    ax.set_title(f"audio: our pipeline vs the ffmpeg CLI, {rounds} alternating rounds")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
 
 
 # --- main ------------------------------------------------------------------------------------
@@ -915,24 +973,30 @@ def main(argv: list[str] | None = None) -> int:
             failure = exc
     notes = surprises(runs, measured, sources)
     summary = summarize(runs, sources, presets) if runs else {}
+    report = []
     if runs:
-        print()
-        print(speed_table(runs, summary, sources))
+        report.append(speed_table(runs, summary, sources))
     if measured:
-        print()
-        print(accuracy_table(measured, presets))
-        print()
-        print(detail_table(measured, runs))
+        report += [accuracy_table(measured, presets), detail_table(measured, runs)]
     if notes:
-        print("\nNOTES")
-        for note in notes:
-            print(f"  - {note}")
+        report.append("NOTES\n" + "\n".join(f"  - {note}" for note in notes))
+    print("\n\n" + "\n\n".join(report))
     print(f"\nTotal time {time.perf_counter() - clock:.0f} s")
     if runs:
         path = write_json(
             args, started, sources, presets, runs, summary, measured, notes, failure is None
         )
-        print(f"Results: {path.relative_to(REPO_DIR)}")
+        markdown = path.with_suffix(".md")
+        markdown.write_text(
+            f"# Audio benchmark ({started:%Y-%m-%d %H:%M} UTC, {args.rounds} alternating rounds, "
+            f"load average {os.getloadavg()[0]:.2f})\n\n"
+            + "\n".join(f"    {label}" for label in METHOD_LABELS.values())
+            + "\n\n"
+            + "\n\n".join("\n".join(f"    {ln}" for ln in part.splitlines()) for part in report)
+            + "\n"
+        )
+        plot(summary, path.with_suffix(".png"), args.rounds)
+        print(f"Results: {path.relative_to(REPO_DIR)} (and .md, .png)")
     if failure is not None:
         if isinstance(failure, KeyboardInterrupt):
             return 130
