@@ -80,6 +80,40 @@ def test_renditions_reach_the_target_under_the_ceiling(tmp_path, preset_name, ma
         assert loud.true_peak_dbtp <= preset.ceiling_dbtp, (name, loud)
 
 
+def test_limited_speech_gets_its_gain_from_raw_pcm_and_encodes_once(tmp_path) -> None:
+    """Speech raised by several dB runs into the limiter, which takes loudness away: the search
+    on raw PCM finds the gain that survives it, so the rendition lands on its first encode
+    (without the search this needs two)."""
+    text = "Loudness normalisation keeps every episode at the same level. Listeners relax."
+    source = signals.speech(text, tmp_path / "s.wav")
+    analysis = media.analyse(source, LIMITS)
+    preset = PRESETS["streaming"]
+    planned = encode.plan_gain(analysis.loudness, preset.target_lufs)
+    limit = preset.ceiling_dbtp - 0.5
+    assert analysis.loudness.true_peak_dbtp + planned > limit  # the limiter will act
+    found = encode.limited_gain(source, analysis, planned, limit, preset.target_lufs, LIMITS)
+    assert found > planned + 0.2, (planned, found)  # limiting cost loudness: more gain
+    after = encode._pcm_loudness(source, analysis, found, limit, LIMITS, lambda: False)
+    assert abs(after - preset.target_lufs) <= encode.SETTLE_LU, after  # render's own criterion
+    rendition = encode.render(
+        source, analysis, encode.FORMATS["flac"], tmp_path / "out.flac",
+        target_lufs=preset.target_lufs, ceiling_dbtp=preset.ceiling_dbtp, limits=LIMITS,
+    )  # fmt: skip
+    assert rendition.within_target and rendition.encodes == 1, rendition
+
+
+def test_audio_the_limiter_leaves_alone_needs_no_search(tmp_path, monkeypatch) -> None:
+    source = signals.write(tmp_path / "quiet.wav", signals.tone(10, -30, 2))
+    analysis = media.analyse(source, LIMITS)
+    planned = encode.plan_gain(analysis.loudness, -16)
+
+    def no_search(*args: object) -> float:
+        raise AssertionError("searched although the limiter would not act")
+
+    monkeypatch.setattr(encode, "_pcm_loudness", no_search)
+    assert encode.limited_gain(source, analysis, planned, -1.5, -16, LIMITS) == planned
+
+
 def test_silence_is_not_normalised_and_says_why(tmp_path) -> None:
     source = signals.write(tmp_path / "silence.wav", np.zeros((48_000 * 3, 2)))
     analysis = media.analyse(source, LIMITS)

@@ -185,11 +185,18 @@ def limited_gain(
     key = (str(source), source.stat().st_mtime_ns, round(gain_db, 3), limit_dbfs, target_lufs)
     if (found := _searched.get(key)) is not None:
         return found
+    previous: tuple[float, float] | None = None
     for _ in range(SEARCH_STEPS):
         measured = _pcm_loudness(source, analysis, gain_db, limit_dbfs, limits, stop)
         if measured is None or abs(target_lufs - measured) <= SEARCH_LU:
             break
-        gain_db += target_lufs - measured
+        # Under the limiter a dB of gain buys less than a dB of loudness: step by the slope
+        # seen so far (secant), 1 before there is one.
+        slope = 1.0
+        if previous is not None and gain_db != previous[0]:
+            slope = min(max((measured - previous[1]) / (gain_db - previous[0]), 0.2), 1.0)
+        previous = (gain_db, measured)
+        gain_db += (target_lufs - measured) / slope
     _searched.clear()  # one job at a time per worker process
     _searched[key] = gain_db
     return gain_db
