@@ -1,13 +1,12 @@
 """The development compose stack: uvicorn --reload on the bind-mounted code, as a non-root user."""
 
-import os
 import time
 import uuid
 
 import httpx
 import pytest
 
-from tests.containers.test_compose_stack import WORK, docker
+from tests.containers.test_compose_stack import WORK, compose_environ, docker
 from tests.stack_env import REPO_DIR
 
 pytestmark = pytest.mark.containers
@@ -18,7 +17,7 @@ WEB_PORT = 18000
 
 def compose(*args: str, check: bool = True, timeout: float = 900) -> str:
     env = {
-        **os.environ,
+        **compose_environ(),
         "ENV_FILE": str(WORK / "dev.env"),
         "COMPOSE_FILE": "docker-compose.yml:compose.dev.yml",
         "COMPOSE_PARALLEL_LIMIT": "1",

@@ -18,7 +18,7 @@ import httpx
 import pytest
 
 from tests.acme import NAME, RequestsFlowing, wait_for_new_certificate
-from tests.stack_env import REPO_DIR
+from tests.stack_env import REPO_DIR, TEST_STACK_OVERRIDES
 
 pytestmark = pytest.mark.containers
 
@@ -28,6 +28,12 @@ WORK = REPO_DIR / "var" / "containers"
 ARTIFACTS = REPO_DIR / "test-artifacts"
 # The production stack plus Pebble, the ACME test server (test only; see that file).
 PEBBLE = {"COMPOSE_FILE": "docker-compose.yml:deployments/containers-harness/pebble.yml"}
+
+
+def compose_environ() -> dict[str, str]:
+    """This process's environment without the test stack's settings (tests.stack_env put them
+    there for the native suites): compose would pass them to the containers over the env file."""
+    return {k: v for k, v in os.environ.items() if k not in TEST_STACK_OVERRIDES}
 
 
 def docker(*args: str, check: bool = True, timeout: float = 900, **kwargs: object) -> str:
@@ -42,7 +48,11 @@ def docker(*args: str, check: bool = True, timeout: float = 900, **kwargs: objec
 class ComposeStack:
     def __init__(self, env_file: Path) -> None:
         self.env_file = env_file
-        self.env = {**os.environ, "ENV_FILE": str(env_file), "COMPOSE_FILE": "docker-compose.yml"}
+        self.env = {
+            **compose_environ(),
+            "ENV_FILE": str(env_file),
+            "COMPOSE_FILE": "docker-compose.yml",
+        }
         self.timings: dict[str, float] = {}
 
     def compose(self, *args: str, check: bool = True, timeout: float = 900, **env: str) -> str:
