@@ -52,6 +52,9 @@ _CHAOS_STACK = {  # ports of its own: var/ (make up), var/test and var/bench hav
     "CELERY_TASK_TIME_LIMIT": "45",
     "SIGNUP_GLOBAL_RATE": "5000/hour",
 }
+#: The environment this process started with, before the test stack's was laid over it: what
+#: commands that must not see the test stack (the compose suites) run with.
+ORIGINAL_ENVIRON = dict(os.environ)
 TEST_STACK = os.environ.get("TEST_STACK", "test")
 TEST_STACK_OVERRIDES = {"test": _TEST_STACK, "chaos": _CHAOS_STACK}[TEST_STACK]
 for _key in [k for k in os.environ if k.startswith("STACK_")]:

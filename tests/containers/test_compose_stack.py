@@ -5,7 +5,6 @@ Run by `make test-containers` (after the harness has started the engine and the 
 """
 
 import json
-import os
 import secrets
 import shutil
 import ssl
@@ -18,7 +17,7 @@ import httpx
 import pytest
 
 from tests.acme import NAME, RequestsFlowing, wait_for_new_certificate
-from tests.stack_env import REPO_DIR, TEST_STACK_OVERRIDES
+from tests.stack_env import ORIGINAL_ENVIRON, REPO_DIR
 
 pytestmark = pytest.mark.containers
 
@@ -31,9 +30,10 @@ PEBBLE = {"COMPOSE_FILE": "docker-compose.yml:deployments/containers-harness/peb
 
 
 def compose_environ() -> dict[str, str]:
-    """This process's environment without the test stack's settings (tests.stack_env put them
-    there for the native suites): compose would pass them to the containers over the env file."""
-    return {k: v for k, v in os.environ.items() if k not in TEST_STACK_OVERRIDES}
+    """The environment pytest started with, without the test stack's (tests.stack_env lays it
+    over os.environ for the native suites): compose takes a variable from the shell before the
+    env file, so those would reach the containers."""
+    return dict(ORIGINAL_ENVIRON)
 
 
 def docker(*args: str, check: bool = True, timeout: float = 900, **kwargs: object) -> str:
