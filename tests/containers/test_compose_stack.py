@@ -231,12 +231,15 @@ def test_lets_encrypt_issues_and_renews_through_nginx(prod_stack, tmp_path) -> N
     assert "Pebble Intermediate" in first.issuer.rfc4514_string()
 
     with RequestsFlowing(f"https://localhost:{HTTPS_PORT}") as flow:
-        stack.compose("run", "--rm", "--entrypoint", "/deployments/compose/certbot/certify",
-                      "certbot", "renew", "--force-renewal", "--no-random-sleep-on-renew",
-                      **PEBBLE)  # fmt: skip
+        renew = ("run", "--rm", "--no-deps", "--entrypoint", "/deployments/compose/certbot/certify",
+                 "certbot", "renew", "--force-renewal", "--no-random-sleep-on-renew")  # fmt: skip
+        renewed = stack.compose(*renew, **PEBBLE)
         stack.compose("exec", "nginx", "/deployments/compose/nginx/reload", **PEBBLE)
-        second = wait_for_new_certificate(HTTPS_PORT, tmp_path / "root.pem",
-                                          previous=first.serial_number)  # fmt: skip
+        try:
+            second = wait_for_new_certificate(HTTPS_PORT, tmp_path / "root.pem",
+                                              previous=first.serial_number)  # fmt: skip
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}; certbot said:\n{renewed}") from None
         time.sleep(1)
     assert flow.failures == [] and flow.count > 20, (flow.count, flow.failures[:3])
     assert flow.retried <= 1, flow.retried  # one reload closes this client's connection once
