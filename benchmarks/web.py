@@ -7,10 +7,10 @@ On the benchmark stack (var/bench, its own ports; benchmarks/_common.py), in rou
 alternate every configuration so the machine's noise hits all of them:
 
 1. Servers, direct (no nginx), each with WEB_CONCURRENCY workers and the production Gunicorn
-   config: the WSGI reference (Gunicorn sync workers) and Gunicorn + Uvicorn workers with
-   long-lived sync threads (WEB_SYNC_THREADS=4, shipped) or a thread per request (=0, Django's
-   own handler), on a trivial sync view behind every middleware (/diagnostics/request) and on
-   the main API read (GET /api/jobs/, token auth, 20 jobs with renditions).
+   config: the WSGI reference (Gunicorn sync workers) and the shipped Gunicorn + Uvicorn
+   workers, on a trivial sync view behind every middleware (/diagnostics/request) and on the
+   main API read (GET /api/jobs/, token auth, 20 jobs with renditions; after the first request
+   of each run the token and the page come from the cache).
 2. Through nginx/TLS, the stack itself: the API read pooled (shipped) and naive
    (DATABASE_POOL_MAX_SIZE=0, CONN_MAX_AGE=0: a new connection per request).
 3. Open model (benchmarks/open_load.py): the API read through nginx offered at a constant
@@ -51,24 +51,14 @@ from _common import (
 from open_load import open_load
 
 GUNICORN_CONF = REPO_DIR / "deployments" / "compose" / "django" / "gunicorn.conf.py"
-SERVERS = {  # key: (label, Gunicorn arguments, environment)
+SERVERS = {  # key: (label, Gunicorn arguments)
     "wsgi": (
         "Gunicorn sync (WSGI), the reference",
         ["core.wsgi:application", "--worker-class", "sync"],
-        {},
     ),
-    "asgi": (
-        "Gunicorn + Uvicorn, 4 sync threads (shipped)",
-        ["core.asgi:application"],
-        {"WEB_SYNC_THREADS": "4"},
-    ),
-    "asgi_thread_per_request": (
-        "Gunicorn + Uvicorn, a thread per request (seed)",
-        ["core.asgi:application"],
-        {"WEB_SYNC_THREADS": "0"},
-    ),
+    "asgi": ("Gunicorn + Uvicorn (shipped)", ["core.asgi:application"]),
 }
-DIRECT_PORTS = {"wsgi": 28211, "asgi": 28212, "asgi_thread_per_request": 28213}
+DIRECT_PORTS = {"wsgi": 28211, "asgi": 28212}
 NAIVE = {"DATABASE_POOL_MAX_SIZE": "0", "DATABASE_CONN_MAX_AGE": "0"}
 TRIVIAL, API = "/diagnostics/request", "/api/jobs/"
 
@@ -105,7 +95,7 @@ def servers(env: dict[str, str], log_dir: Path) -> Iterator[None]:
     """The direct servers, all started at once (idle ones cost nothing), stopped at the end."""
     started = []
     try:
-        for key, (_, args, extra) in SERVERS.items():
+        for key, (_, args) in SERVERS.items():
             command = [
                 stack_python_path(),
                 "-m",
@@ -125,7 +115,7 @@ def servers(env: dict[str, str], log_dir: Path) -> Iterator[None]:
                         "run",
                         *command,
                     ],
-                    env={**env, **extra, "WEB_PORT": str(DIRECT_PORTS[key])},
+                    env={**env, "WEB_PORT": str(DIRECT_PORTS[key])},
                     stdout=log,
                     stderr=subprocess.STDOUT,
                     start_new_session=True,
@@ -274,15 +264,7 @@ def summarize(result: dict) -> dict:
             "asgi_tax_trivial (wsgi / asgi, target <= 1.5)": ratio(
                 "direct wsgi trivial", "direct asgi trivial"
             ),
-            "asgi_tax_trivial_seed (wsgi / thread per request)": ratio(
-                "direct wsgi trivial", "direct asgi_thread_per_request trivial"
-            ),
-            "sync_threads_gain_trivial (shipped / thread per request)": ratio(
-                "direct asgi trivial", "direct asgi_thread_per_request trivial"
-            ),
-            "sync_threads_gain_api (shipped / thread per request)": ratio(
-                "direct asgi api", "direct asgi_thread_per_request api"
-            ),
+            "asgi_tax_api (wsgi / asgi)": ratio("direct wsgi api", "direct asgi api"),
             "api_through_nginx / wsgi_trivial (target >= 0.5)": ratio(
                 "nginx asgi api", "direct wsgi trivial"
             ),

@@ -1,12 +1,15 @@
 """REST API for audio jobs (DRF). Every query is scoped to the requesting user: another user's
 job is a 404, never a 403."""
 
+import contextlib
 from pathlib import Path
 
 from django.conf import settings
+from django.core.cache import cache
 from django.db.models import QuerySet
 from django.http import Http404, HttpResponse
 from drf_spectacular.utils import OpenApiParameter, extend_schema
+from redis.exceptions import RedisError
 from rest_framework import mixins, status, viewsets
 from rest_framework.decorators import action
 from rest_framework.pagination import CursorPagination
@@ -19,6 +22,7 @@ from .models import WAVEFORM_CONTENT_TYPES, Job
 from .permissions import JobActionThrottle, UploadThrottle
 from .presets import PRESETS
 from .serializers import JobSerializer, UploadSerializer
+from .services import events
 from .services import jobs as job_services
 
 
@@ -33,6 +37,18 @@ def protected_file(path: Path, content_type: str, download_name: str | None = No
     if download_name:
         response["Content-Disposition"] = f'attachment; filename="{download_name}"'
     return response
+
+
+def _cache_get(key: str) -> object | None:
+    try:
+        return cache.get(key)
+    except RedisError:
+        return None
+
+
+def _cache_set(key: str, value: object) -> None:
+    with contextlib.suppress(RedisError):
+        cache.set(key, value, events.LIST_CACHE_S)
 
 
 def refused(exc: job_services.Refused) -> Response:
@@ -81,7 +97,14 @@ class JobViewSet(
         parameters=[OpenApiParameter("status", str, enum=list(Job.Status.values))],
     )
     def list(self, request: Request, *args: object, **kwargs: object) -> Response:
-        return super().list(request, *args, **kwargs)
+        """A page is read once per change of the user's jobs and then served from the cache."""
+        key = events.list_cache_key(request.user.pk, request.build_absolute_uri())
+        if key is not None and (page := _cache_get(key)) is not None:
+            return Response(page)
+        response = super().list(request, *args, **kwargs)
+        if key is not None:
+            _cache_set(key, response.data)
+        return response
 
     @extend_schema(
         request={"multipart/form-data": UploadSerializer}, responses={202: JobSerializer}

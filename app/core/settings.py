@@ -40,9 +40,6 @@ try:
     DATABASE_POOL_TIMEOUT = env.float("DATABASE_POOL_TIMEOUT", 10.0)
     DATABASE_CONNECT_TIMEOUT = env.int("DATABASE_CONNECT_TIMEOUT", 5)
     DATABASE_CONN_MAX_AGE = env.int("DATABASE_CONN_MAX_AGE", 0)
-    # Long-lived threads per web process for the sync parts of requests (core.asgi); 0 starts
-    # a thread per request, as Django does. Above the pool size, threads wait for a connection.
-    WEB_SYNC_THREADS = env.int("WEB_SYNC_THREADS", 4, validate=Range(min=0, max=64))
 
     CACHE_URL = env.str("CACHE_URL")
     CELERY_BROKER_URL = env.str("CELERY_BROKER_URL")

@@ -1,6 +1,6 @@
 """What the main API read costs the database, counted on real PostgreSQL: a fixed number of
-queries whatever the number of jobs (no N+1), the token lookup cached, no COUNT(*) per page; and
-a cached token still stops working the moment it is revoked."""
+queries whatever the number of jobs (no N+1), no COUNT(*) per page, then none at all while the
+token and the page are cached; a change shows at once, and a revoked token stops at once."""
 
 import pytest
 from rest_framework.authtoken.models import Token
@@ -30,16 +30,37 @@ def test_the_job_list_costs_the_same_queries_for_1_or_25_jobs(jobs, django_asser
     user = make_user("reader")
     client = token_client(user)
     add_jobs(user, jobs)
-    with django_assert_num_queries(3):  # the token (then cached), the page, its renditions
+    with django_assert_num_queries(3) as captured:  # the token, the page, its renditions
         first = client.get("/api/jobs/")
-    with django_assert_num_queries(2) as captured:  # the page, its renditions
+    assert not any("COUNT(" in q["sql"].upper() for q in captured.captured_queries)
+    with django_assert_num_queries(0):  # the token and the page come from the cache
         again = client.get("/api/jobs/")
     assert first.status_code == again.status_code == 200
-    assert not any("COUNT(" in q["sql"].upper() for q in captured.captured_queries)
+    assert again.json() == first.json()
     page = again.json()
     assert len(page["results"]) == min(jobs, 20)
     assert all(len(job["renditions"]) == 3 for job in page["results"])
     assert (page["next"] is not None) == (jobs > 20)
+
+
+def test_a_cached_job_list_shows_a_change_at_once() -> None:
+    user = make_user("watcher")
+    client = token_client(user)
+    add_jobs(user, 2)
+    assert {j["status"] for j in client.get("/api/jobs/").json()["results"]} == {"queued"}
+    job_id = client.get("/api/jobs/").json()["results"][0]["id"]  # served from the cache
+    assert client.post(f"/api/jobs/{job_id}/cancel/").status_code == 200
+    statuses = {j["id"]: j["status"] for j in client.get("/api/jobs/").json()["results"]}
+    assert statuses[job_id] == "canceled"
+    client.delete(f"/api/jobs/{job_id}/")
+    assert job_id not in {j["id"] for j in client.get("/api/jobs/").json()["results"]}
+
+
+def test_one_users_cached_list_is_never_anothers() -> None:
+    owner, other = make_user("owner"), make_user("other")
+    add_jobs(owner, 3)
+    assert len(token_client(owner).get("/api/jobs/").json()["results"]) == 3
+    assert token_client(other).get("/api/jobs/").json()["results"] == []
 
 
 def test_cursor_pages_walk_every_job_once_newest_first() -> None:

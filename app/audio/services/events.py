@@ -1,4 +1,5 @@
-"""Job changes on Redis pub/sub, for the live event streams (audio/streams.py).
+"""Job changes on Redis pub/sub, for the live event streams (audio/streams.py), and a version
+per user that every change bumps, which keys the cached job lists of the API (audio/api.py).
 
 Published on the cache Redis: pub/sub stores no keys (LRU eviction never touches it), and the
 broker stays dedicated to tasks. A lost event is harmless: every stream starts from a database
@@ -25,6 +26,10 @@ logger = logging.getLogger(__name__)
 EVENT_FIELDS = ("id", "original_name", "preset", "status", "phase", "progress", "error",
                 "created_at", "updated_at")  # fmt: skip
 CHANNEL_PREFIX = "audio:jobs:"
+VERSION_PREFIX = "audio:jobs-version:"
+#: A cached page lives this long at most: a change that bypasses the service functions (the
+#: admin, a shell) shows within it. Every change made through them shows at once.
+LIST_CACHE_S = 60
 
 
 def channel(user_id: object) -> str:
@@ -58,6 +63,21 @@ def _publish_current(job_id: uuid.UUID | str) -> None:
 
 def _publish(owner_id: int, payload: dict[str, object]) -> None:
     try:
-        _client().publish(channel(owner_id), encode(payload))
+        with _client().pipeline(transaction=False) as pipe:
+            pipe.incr(VERSION_PREFIX + str(owner_id))
+            pipe.expire(VERSION_PREFIX + str(owner_id), LIST_CACHE_S * 2)
+            pipe.publish(channel(owner_id), encode(payload))
+            pipe.execute()
     except redis.RedisError as exc:
         logger.warning("job event for %s not published (%s)", payload["id"], exc)
+
+
+def list_cache_key(owner_id: int, url: str) -> str | None:
+    """Where a page of the owner's jobs at `url` (path, query and host: its links are absolute)
+    is cached as of their latest change; None without the cache. The version is bumped after
+    each change commits, so a page cached under the current version was read after it."""
+    try:
+        version = int(_client().get(VERSION_PREFIX + str(owner_id)) or 0)
+    except redis.RedisError:
+        return None
+    return f"audio:jobs-page:{owner_id}:{version}:{url}"

@@ -89,5 +89,6 @@ def purge_expired_files(now: datetime | None = None) -> int:
             continue
         shutil.rmtree(job.directory, ignore_errors=True)
         job.renditions.all().delete()
+        events.job_changed(job.pk)  # its downloads are gone from cached pages too
         count += 1
     return count
