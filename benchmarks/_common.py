@@ -92,8 +92,12 @@ class Wrk:
 _UNIT_MS = {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60_000.0}
 
 
-def run_wrk(url: str, headers: dict[str, str], connections: int, seconds: int) -> Wrk:
-    command = ["wrk", "-t2", f"-c{connections}", f"-d{seconds}s", "--latency"]
+def run_wrk(
+    url: str, headers: dict[str, str], connections: int, seconds: int, timeout_s: int = 2
+) -> Wrk:
+    """wrk counts a request unanswered after `timeout_s` (its default 2 s) as an error."""
+    command = ["wrk", "-t2", f"-c{connections}", f"-d{seconds}s", f"--timeout={timeout_s}s",
+               "--latency"]  # fmt: skip
     for name, value in headers.items():
         command += ["-H", f"{name}: {value}"]
     result = subprocess.run(

@@ -206,7 +206,9 @@ def measure(args: argparse.Namespace) -> dict:
     steady = open_load(edge + API, auth, rate, args.open_seconds, tls)
     print(f"  scale: {args.scale_connections} connections at once", flush=True)
     with PeakSessions(resolved) as sessions:
-        crowd = run_wrk(edge + API, auth, args.scale_connections, args.seconds)
+        # 1,000 clients queue behind a few hundred answers a second: wait 30 s, not wrk's 2 s, so
+        # that an error is the server's (a reset, a 5xx), not the client giving up in the queue.
+        crowd = run_wrk(edge + API, auth, args.scale_connections, args.seconds, timeout_s=30)
     scale = {
         "connections": args.scale_connections,
         "req_s": crowd.requests_per_sec,
