@@ -46,8 +46,6 @@ import sys
 import tempfile
 import time
 import wave
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -190,10 +188,9 @@ class Step:
     wall_s: float
     error: str | None = None
     # (a): how render() got there
-    attempts: int | None = None  # ffmpeg encodes inside render()
-    gain_db: float | None = None  # gain of the last encode
-    limit_dbfs: float | None = None  # limiter level of the last encode
-    reported_gain_db: float | None = None  # Rendition.gain_db
+    attempts: int | None = None  # ffmpeg encodes inside render() (Rendition.encodes)
+    gain_db: float | None = None  # gain of the delivered encode
+    limit_dbfs: float | None = None  # limiter level of the delivered encode
     within_target: bool | None = None
     note: str | None = None
     # (b): loudnorm's own report (print_format=json)
@@ -219,38 +216,6 @@ class Run:
         return all(step.error is None for step in self.steps)
 
 
-class FfmpegSpy:
-    """Wraps encode._ffmpeg to record (gain_db, limit_dbfs) of every encode render() makes."""
-
-    def __init__(self, original: Callable[..., None]) -> None:
-        self.original = original
-        self.calls: list[tuple[float, float]] = []
-
-    def __call__(
-        self,
-        source: Path,
-        demuxer: str,
-        dest: Path,
-        fmt: encode.Format,
-        *,
-        gain_db: float,
-        limit_dbfs: float,
-    ) -> None:
-        self.calls.append((gain_db, limit_dbfs))
-        self.original(source, demuxer, dest, fmt, gain_db=gain_db, limit_dbfs=limit_dbfs)
-
-
-@contextmanager
-def spying_on_ffmpeg() -> Iterator[FfmpegSpy]:
-    original = encode._ffmpeg
-    spy = FfmpegSpy(original)
-    encode._ffmpeg = spy  # type: ignore[assignment]
-    try:
-        yield spy
-    finally:
-        encode._ffmpeg = original
-
-
 def output_path(outdir: Path, method: str, source: Source, preset: Preset, fmt: str) -> Path:
     stem = source.key.replace(".", "-")
     return outdir / method / f"{stem}.{preset.name}.{encode.FORMATS[fmt].extension}"
@@ -260,9 +225,9 @@ FAILURES = (media.InvalidAudio, subprocess.SubprocessError, OSError)
 
 
 def run_pipeline(
-    source: Source, preset: Preset, outdir: Path, spy: FfmpegSpy, run: Run
+    source: Source, preset: Preset, outdir: Path, run: Run
 ) -> dict[str, tuple[float, float]]:
-    """(a). Returns the (gain_db, limit_dbfs) of each format's last encode, for (c)."""
+    """(a). Returns the (gain_db, limit_dbfs) of each format's delivered encode, for (c)."""
     chosen: dict[str, tuple[float, float]] = {}
     started = time.perf_counter()
     try:
@@ -274,7 +239,6 @@ def run_pipeline(
     run.analyse_s = time.perf_counter() - started
     for name in preset.formats:
         fmt = encode.FORMATS[name]
-        spy.calls.clear()
         started = time.perf_counter()
         try:
             rendition = encode.render(
@@ -288,19 +252,18 @@ def run_pipeline(
             )
         except FAILURES as exc:
             wall = time.perf_counter() - started
-            run.steps.append(Step(name, wall, error=str(exc), attempts=len(spy.calls)))
+            run.steps.append(Step(name, wall, error=str(exc)))
             continue
         wall = time.perf_counter() - started
-        gain, limit = spy.calls[-1]
+        gain, limit = rendition.gain_db, rendition.limit_dbfs
         chosen[name] = (gain, limit)
         run.steps.append(
             Step(
                 name,
                 wall,
-                attempts=len(spy.calls),
+                attempts=rendition.encodes,
                 gain_db=round(gain, 3),
                 limit_dbfs=round(limit, 3),
-                reported_gain_db=round(rendition.gain_db, 3),
                 within_target=rendition.within_target,
                 note=rendition.note,
             )
@@ -450,48 +413,45 @@ def bench(
     for method in METHODS:
         (outdir / method).mkdir(parents=True, exist_ok=True)
     chosen: dict[tuple[str, str], dict[str, tuple[float, float]]] = {}
-    with spying_on_ffmpeg() as spy:
-        for round_no in range(1, args.rounds + 1):
-            order = METHODS if round_no % 2 else tuple(reversed(METHODS))
-            print(f"\n== round {round_no}/{args.rounds} (order {', '.join(order)})", flush=True)
-            for source in sources:
-                for preset in presets:
-                    cells = []
-                    for method in order:
-                        load = os.getloadavg()
-                        run = Run(
-                            round_no,
-                            method,
-                            source.key,
-                            preset.name,
-                            0.0,
-                            0.0,
-                            (round(load[0], 2), round(load[1], 2), round(load[2], 2)),
+    for round_no in range(1, args.rounds + 1):
+        order = METHODS if round_no % 2 else tuple(reversed(METHODS))
+        print(f"\n== round {round_no}/{args.rounds} (order {', '.join(order)})", flush=True)
+        for source in sources:
+            for preset in presets:
+                cells = []
+                for method in order:
+                    load = os.getloadavg()
+                    run = Run(
+                        round_no,
+                        method,
+                        source.key,
+                        preset.name,
+                        0.0,
+                        0.0,
+                        (round(load[0], 2), round(load[1], 2), round(load[2], 2)),
+                    )
+                    cpu_before, started = cpu_seconds(), time.perf_counter()
+                    if method == "pipeline":
+                        chosen[source.key, preset.name] = run_pipeline(source, preset, outdir, run)
+                    elif method in ("loudnorm", "loudnorm2"):
+                        run_loudnorm(source, preset, outdir, run, method == "loudnorm2")
+                    else:
+                        run_encode_only(
+                            source,
+                            preset,
+                            outdir,
+                            chosen.get((source.key, preset.name), {}),
+                            run,
                         )
-                        cpu_before, started = cpu_seconds(), time.perf_counter()
-                        if method == "pipeline":
-                            chosen[source.key, preset.name] = run_pipeline(
-                                source, preset, outdir, spy, run
-                            )
-                        elif method in ("loudnorm", "loudnorm2"):
-                            run_loudnorm(source, preset, outdir, run, method == "loudnorm2")
-                        else:
-                            run_encode_only(
-                                source,
-                                preset,
-                                outdir,
-                                chosen.get((source.key, preset.name), {}),
-                                run,
-                            )
-                        run.wall_s = time.perf_counter() - started
-                        run.cpu_s = cpu_seconds() - cpu_before
-                        runs.append(run)
-                        speed = source.duration_s / run.wall_s if run.ok else None
-                        cells.append(f"{SHORT[method]} {fmt(speed)}x")
-                        for step in run.steps:
-                            if step.error:
-                                print(f"    ! {method} {step.format}: {step.error}", flush=True)
-                    print(f"    {source.key:<13} {preset.name:<10} " + "  ".join(cells), flush=True)
+                    run.wall_s = time.perf_counter() - started
+                    run.cpu_s = cpu_seconds() - cpu_before
+                    runs.append(run)
+                    speed = source.duration_s / run.wall_s if run.ok else None
+                    cells.append(f"{SHORT[method]} {fmt(speed)}x")
+                    for step in run.steps:
+                        if step.error:
+                            print(f"    ! {method} {step.format}: {step.error}", flush=True)
+                print(f"    {source.key:<13} {preset.name:<10} " + "  ".join(cells), flush=True)
 
 
 # --- accuracy ------------------------------------------------------------------------------
@@ -776,16 +736,6 @@ def surprises(runs: list[Run], measured: list[Measured], sources: list[Source]) 
         if run.method != "pipeline":
             continue
         for step in run.steps:
-            if (
-                step.reported_gain_db is not None
-                and step.gain_db is not None
-                and abs(step.reported_gain_db - step.gain_db) > 0.01
-            ):
-                notes.append(
-                    f"round {run.round} (a) {run.source} {run.preset} {step.format}: "
-                    f"Rendition.gain_db {step.reported_gain_db} but the last encode used "
-                    f"{step.gain_db} dB ({step.attempts} encodes)"
-                )
             if step.within_target is False:
                 notes.append(
                     f"round {run.round} (a) {run.source} {run.preset} {step.format}: "
