@@ -6,7 +6,7 @@ one of ALLOWED_HOSTS, and must not be redirected to HTTPS or touch the session s
 
 from collections.abc import Awaitable, Callable
 
-from asgiref.sync import iscoroutinefunction, markcoroutinefunction
+from asgiref.sync import async_to_sync, iscoroutinefunction, markcoroutinefunction
 from django.http import HttpRequest, HttpResponse
 
 from . import views
@@ -15,15 +15,29 @@ PROBES = {"/healthz": views.healthz, "/readyz": views.readyz}
 
 
 class HealthCheckMiddleware:
-    async_capable = True
-    sync_capable = False
+    """Async under ASGI (core.asgi sends the probes down the async chain); sync in a sync chain
+    (the WSGI reference server, and core.asgi's chain for sync views, which probes never reach)."""
 
-    def __init__(self, get_response: Callable[[HttpRequest], Awaitable[HttpResponse]]) -> None:
+    async_capable = True
+    sync_capable = True
+
+    def __init__(
+        self, get_response: Callable[[HttpRequest], HttpResponse | Awaitable[HttpResponse]]
+    ) -> None:
         self.get_response = get_response
-        if iscoroutinefunction(self.get_response):
+        self.is_async = iscoroutinefunction(get_response)
+        if self.is_async:
             markcoroutinefunction(self)
 
-    async def __call__(self, request: HttpRequest) -> HttpResponse:
+    def __call__(self, request: HttpRequest) -> HttpResponse | Awaitable[HttpResponse]:
+        if self.is_async:
+            return self._acall(request)
+        probe = PROBES.get(request.path_info)
+        if probe is not None:
+            return async_to_sync(probe)(request)
+        return self.get_response(request)
+
+    async def _acall(self, request: HttpRequest) -> HttpResponse:
         probe = PROBES.get(request.path_info)
         if probe is not None:
             return await probe(request)

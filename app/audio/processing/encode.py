@@ -125,7 +125,9 @@ def render(
             # comes first (more gain would push them further). Then loud limiting pulls loudness
             # down: add the missing gain.
             if overshoot > 0:
+                # A lower limit takes loudness away: find the gain for it on PCM again.
                 limit -= overshoot + 0.3
+                gain = limited_gain(source, analysis, gain, limit, target_lufs, limits, stop)
             elif abs(error) > SETTLE_LU:
                 gain += error
     except BaseException:  # no attempt file outlives a failure (a limit, a bad file, a timeout)
