@@ -1,7 +1,8 @@
-"""The servers benchmarks/web.py compares serve the app: the shipped ASGI one (Django runs each
-request's sync code on a thread of its own) and the WSGI reference; the release step does no
-work twice."""
+"""The web server: the shipped ASGI handler takes a sync view's request to its thread once, not
+once per middleware; the servers benchmarks/web.py compares (ASGI as shipped, the WSGI
+reference) both serve the app; the release step does no work twice."""
 
+import asyncio
 import shutil
 import socket
 import subprocess
@@ -11,10 +12,13 @@ from pathlib import Path
 
 import httpx
 import pytest
+from asgiref.sync import SyncToAsync
+from asgiref.testing import ApplicationCommunicator
+from django.core.handlers.asgi import ASGIHandler
 
+from core.asgi import DjangoASGIHandler
 from tests.conftest import REPO_DIR, NativeStack
 
-pytestmark = pytest.mark.e2e
 GUNICORN_CONF = REPO_DIR / "deployments" / "compose" / "django" / "gunicorn.conf.py"
 
 
@@ -27,12 +31,53 @@ def thread_names(client: httpx.Client, headers: dict[str, str], count: int) -> l
     return names
 
 
+def hops(handler: object, path: str, headers: list[tuple[bytes, bytes]]) -> tuple[int, int]:
+    """(status, hops from the event loop to a thread) of one request through `handler`."""
+    count = 0
+    original = SyncToAsync.__call__
+
+    async def counting(self: SyncToAsync, *args: object, **kwargs: object) -> object:
+        nonlocal count
+        count += 1
+        return await original(self, *args, **kwargs)
+
+    async def request() -> int:
+        scope = {"type": "http", "http_version": "1.1", "method": "GET", "path": path,
+                 "raw_path": path.encode(), "query_string": b"", "root_path": "",
+                 "scheme": "https", "headers": [(b"host", b"localhost"), *headers],
+                 "client": ("127.0.0.1", 1), "server": ("127.0.0.1", 443)}  # fmt: skip
+        app = ApplicationCommunicator(handler, scope)
+        await app.send_input({"type": "http.request", "body": b""})
+        start = await app.receive_output(10)
+        await app.receive_output(10)  # the body
+        return start["status"]
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(SyncToAsync, "__call__", counting)
+        status = asyncio.run(request())
+    return status, count
+
+
+@pytest.mark.django_db
+def test_a_sync_view_takes_one_hop_to_its_thread_not_one_per_middleware(settings) -> None:
+    settings.DIAGNOSTICS_TOKEN = "hops"
+    token = [(b"x-diagnostics-token", b"hops")]
+    ours = hops(DjangoASGIHandler(), "/diagnostics/request", token)
+    djangos = hops(ASGIHandler(), "/diagnostics/request", token)
+    assert ours[0] == djangos[0] == 200
+    # Ours: the request_started/finished receivers, the sync chain and view, closing the
+    # response. Django's own: one per sync middleware hook besides.
+    assert ours[1] <= 4 and djangos[1] >= ours[1] + 5, (ours, djangos)
+    assert hops(DjangoASGIHandler(), "/healthz", [])[0] == 200  # async views: the async chain
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize(
     ("app", "worker", "thread"),
     [
@@ -72,6 +117,7 @@ def test_both_server_configurations_serve_the_app(
     assert database.status_code == 200 and database.json()["migrations"] > 20
 
 
+@pytest.mark.e2e
 def test_the_release_step_collects_static_files_only_when_they_changed(
     native_stack: NativeStack, tmp_path: Path
 ) -> None:
