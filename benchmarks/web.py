@@ -57,8 +57,13 @@ SERVERS = {  # key: (label, Gunicorn arguments)
         ["core.wsgi:application", "--worker-class", "sync"],
     ),
     "asgi": ("Gunicorn + Uvicorn (shipped)", ["core.asgi:application"]),
+    # The same server with Django's own ASGI handler (a hop per sync middleware hook).
+    "asgi_django": (
+        "Gunicorn + Uvicorn, Django's handler",
+        ["django.core.asgi:get_asgi_application()"],
+    ),
 }
-DIRECT_PORTS = {"wsgi": 28211, "asgi": 28212}
+DIRECT_PORTS = {"wsgi": 28211, "asgi": 28212, "asgi_django": 28213}
 NAIVE = {"DATABASE_POOL_MAX_SIZE": "0", "DATABASE_CONN_MAX_AGE": "0"}
 TRIVIAL, API = "/diagnostics/request", "/api/jobs/"
 
@@ -115,7 +120,11 @@ def servers(env: dict[str, str], log_dir: Path) -> Iterator[None]:
                         "run",
                         *command,
                     ],
-                    env={**env, "WEB_PORT": str(DIRECT_PORTS[key])},
+                    env={
+                        **env,
+                        "WEB_PORT": str(DIRECT_PORTS[key]),
+                        "DJANGO_SETTINGS_MODULE": "core.settings",
+                    },
                     stdout=log,
                     stderr=subprocess.STDOUT,
                     start_new_session=True,
@@ -267,6 +276,12 @@ def summarize(result: dict) -> dict:
                 "direct wsgi trivial", "direct asgi trivial"
             ),
             "asgi_tax_api (wsgi / asgi)": ratio("direct wsgi api", "direct asgi api"),
+            "one_hop_gain_trivial (shipped / Django's handler)": ratio(
+                "direct asgi trivial", "direct asgi_django trivial"
+            ),
+            "one_hop_gain_api (shipped / Django's handler)": ratio(
+                "direct asgi api", "direct asgi_django api"
+            ),
             "api_through_nginx / wsgi_trivial (target >= 0.5)": ratio(
                 "nginx asgi api", "direct wsgi trivial"
             ),
