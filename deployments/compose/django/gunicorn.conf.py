@@ -10,7 +10,7 @@ workers = int(os.environ.get("WEB_CONCURRENCY", "4"))
 timeout = int(os.environ.get("GUNICORN_TIMEOUT", "120"))
 # Below the orchestrator's stop grace period (compose stop_grace_period, supervisor stopwaitsecs).
 graceful_timeout = int(os.environ.get("GUNICORN_GRACEFUL_TIMEOUT", "25"))
-# Above nginx's upstream keepalive_timeout, so nginx closes idle connections first.
+# Idle keep-alive connections of direct clients (nginx opens a new connection per request).
 keepalive = 75
 # A recycled worker ends its open event streams (their tabs reconnect): recycle rarely.
 max_requests = int(os.environ.get("GUNICORN_MAX_REQUESTS", "20000"))
