@@ -7,14 +7,16 @@ On the benchmark stack (var/bench, its own ports; benchmarks/_common.py), in rou
 alternate every configuration so the machine's noise hits all of them:
 
 1. Servers, direct (no nginx), each with WEB_CONCURRENCY workers and the production Gunicorn
-   config: the WSGI reference (Gunicorn sync workers) and the shipped Gunicorn + Uvicorn
-   workers, on a trivial sync view behind every middleware (/diagnostics/request) and on the
+   config: the WSGI reference (Gunicorn sync workers), the shipped Gunicorn + Uvicorn workers
+   (core.asgi's handler) and the same with Django's own ASGI handler, on a trivial sync view
+   behind every middleware (/diagnostics/request) and on the
    main API read (GET /api/jobs/, token auth, 20 jobs with renditions; after the first request
    of each run the token and the page come from the cache).
 2. Through nginx/TLS, the stack itself: the API read pooled (shipped) and naive
    (DATABASE_POOL_MAX_SIZE=0, CONN_MAX_AGE=0: a new connection per request).
 3. Open model (benchmarks/open_load.py): the API read through nginx offered at a constant
    rate of half the measured maximum; latency counts from when each request was due.
+4. Scale: 1,000 connections at once through nginx, with PostgreSQL's peak session count.
 
 wrk runs closed-loop (-t2 -c64). Writes results/web.{json,md,png}.
 """

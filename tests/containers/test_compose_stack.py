@@ -202,9 +202,9 @@ def test_restart_and_down_up_keep_the_database(prod_stack) -> None:
     # Freshly started workers on a loaded 2-core host may miss the 2 s check deadline once.
     with stack.client() as client:
         deadline = time.monotonic() + 30
-        while (status := client.get("/readyz").status_code) != 200 and time.monotonic() < deadline:
+        while (ready := client.get("/readyz")).status_code != 200 and time.monotonic() < deadline:
             time.sleep(1)
-    assert status == 200
+    assert ready.status_code == 200, (ready.status_code, ready.text, stack.states())
 
 
 def test_lets_encrypt_issues_and_renews_through_nginx(prod_stack, tmp_path) -> None:
