@@ -21,6 +21,7 @@ from _common import (
     git_commit,
     load_average,
     run_stack,
+    stack_python,
     write_results,
 )
 
@@ -64,9 +65,10 @@ def main() -> int:
     env, before = base_environ(), load_average()
     try:
         run_stack(["up"], env, echo=False)
-        python = str(REPO_DIR / ".venv" / "bin" / "python")
         out = run_stack(
-            ["run", python, __file__, "--inside", "--tasks", str(args.tasks)], env, echo=False
+            ["run", stack_python(), __file__, "--inside", "--tasks", str(args.tasks)],
+            env,
+            echo=False,
         )
     except BenchError as exc:
         print(f"bench: {exc}", file=sys.stderr)

@@ -40,6 +40,7 @@ import psycopg
 from _common import (
     REPO_DIR,
     RESULTS_DIR,
+    STACK_SCRIPT,
     BenchError,
     base_environ,
     git_commit,
@@ -48,6 +49,7 @@ from _common import (
     run_stack,
     run_wrk,
     stack_env,
+    stack_python,
     write_results,
 )
 from open_load import open_load
@@ -89,12 +91,8 @@ print(Token.objects.get_or_create(user=user)[0].key)
 
 
 def seed(env: dict[str, str]) -> str:
-    manage = ["run", stack_python_path(), str(REPO_DIR / "app" / "manage.py")]
+    manage = ["run", stack_python(), str(REPO_DIR / "app" / "manage.py")]
     return run_stack([*manage, "shell", "-c", SEED], env, echo=False).split()[-1]
-
-
-def stack_python_path() -> str:
-    return str(REPO_DIR / ".venv" / "bin" / "python")
 
 
 @contextlib.contextmanager
@@ -104,7 +102,7 @@ def servers(env: dict[str, str], log_dir: Path) -> Iterator[None]:
     try:
         for key, (_, args) in SERVERS.items():
             command = [
-                stack_python_path(),
+                stack_python(),
                 "-m",
                 "gunicorn",
                 "--config",
@@ -117,8 +115,8 @@ def servers(env: dict[str, str], log_dir: Path) -> Iterator[None]:
             started.append(
                 subprocess.Popen(
                     [
-                        stack_python_path(),
-                        str(REPO_DIR / "deployments/native/stack.py"),
+                        stack_python(),
+                        str(STACK_SCRIPT),
                         "run",
                         *command,
                     ],
