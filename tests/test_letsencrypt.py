@@ -70,7 +70,9 @@ def pebble(tmp_path: Path, native_stack: NativeStack) -> Iterator[Pebble]:
     server = subprocess.Popen(
         ["pebble", "-config", str(tmp_path / "pebble.json"), "-dnsserver",
          f"127.0.0.1:{DNS_PORT}"],
-        env={"PATH": "/usr/bin:/bin", "PEBBLE_VA_NOSLEEP": "1"},
+        # No random delay before validating; no deliberately rejected nonces (5% by default:
+        # certbot 2.1 retries most but not the certificate download, and then fails).
+        env={"PATH": "/usr/bin:/bin", "PEBBLE_VA_NOSLEEP": "1", "PEBBLE_WFE_NONCEREJECT": "0"},
         stdout=(tmp_path / "pebble.log").open("wb"), stderr=subprocess.STDOUT,
     )  # fmt: skip
     try:
