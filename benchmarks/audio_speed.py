@@ -5,7 +5,8 @@ preset's renditions are timed side by side, in "x realtime" (seconds of source a
 per wall-clock second, all of the preset's formats together):
 
   (a) pipeline     what a job does: media.analyse(source) (loudness + waveform), then
-                   encode.render() per format, which encodes (ffmpeg CLI: volume + alimiter),
+                   encode.render() per format, which encodes (a child process running PyAV's
+                   FFmpeg: volume + alimiter + the encoder, encode._encode),
                    measures the rendition with analyse() and retries (up to 3 encodes) when it
                    misses the loudness target or the true-peak ceiling;
   (b) loudnorm     the ffmpeg CLI baseline: per format one ffmpeg run from the same source, with
@@ -13,7 +14,7 @@ per wall-clock second, all of the preset's formats together):
                    single-pass `loudnorm=I=<target>:TP=<ceiling>:LRA=11` filter; no verification.
                    `print_format=json` is added (and -loglevel info) so loudnorm reports which mode
                    it used; that costs a few hundred bytes of stderr;
-  (c) encode only  just the encode step of (a): encode._ffmpeg() once per format with the gain and
+  (c) encode only  just the encode step of (a): encode._encode() once per format with the gain and
                    limiter level of (a)'s last encode (recorded in (a)); no source analysis, no
                    verification, no retries.
 
@@ -62,6 +63,8 @@ from audio.processing import encode, media  # noqa: E402
 from tests.audio import signals  # noqa: E402
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
+# The reference ffmpeg CLI (the `bench` dependency group; no image carries it): the same FFmpeg
+# release as PyAV's, so (b)/(d) vs (a)/(c) compares the pipelines, not two FFmpeg versions.
 FFMPEG = imageio_ffmpeg.get_ffmpeg_exe()
 LIMITS = media.Limits()  # the defaults of AUDIO_MAX_* in core.settings
 BASELINE_TIMEOUT_S = 1800
@@ -83,7 +86,7 @@ METHODS = ("pipeline", "loudnorm", "encode_only", "loudnorm2")
 METHOD_LABELS = {
     "pipeline": "(a) pipeline: analyse + render per format (verified, retries)",
     "loudnorm": "(b) ffmpeg CLI, single-pass loudnorm per format (unverified)",
-    "encode_only": "(c) encode step of (a) only: encode._ffmpeg with (a)'s last gain/limit",
+    "encode_only": "(c) encode step of (a) only: encode._encode with (a)'s last gain/limit",
     "loudnorm2": "(d) ffmpeg CLI, two-pass linear loudnorm (ffmpeg-normalize's way, unverified)",
 }
 SHORT = {"pipeline": "(a)", "loudnorm": "(b)", "encode_only": "(c)", "loudnorm2": "(d)"}
@@ -278,9 +281,10 @@ def loudnorm_command(
     dest: Path | None,
     measured: dict[str, str] | None = None,
 ) -> list[str]:
-    """Same input handling and codec args as encode._ffmpeg; loudnorm instead of volume+alimiter.
-    Without a format: loudnorm's measuring pass (no output). With `measured` (that pass's
-    report): the second pass, linear (one gain for the whole file) where loudnorm can."""
+    """Same input handling and encoder settings as encode._encode; loudnorm instead of the
+    volume + alimiter filters. Without a format: loudnorm's measuring pass (no output). With
+    `measured` (that pass's report): the second pass, linear (one gain for the whole file) where
+    loudnorm can."""
     loudnorm = (
         f"loudnorm=I={preset.target_lufs:g}:TP={preset.ceiling_dbtp:g}:LRA={LOUDNORM_LRA}"
         ":print_format=json"
@@ -380,7 +384,7 @@ def run_encode_only(
         dest = output_path(outdir, "encode_only", source, preset, name)
         started = time.perf_counter()
         try:
-            encode._ffmpeg(
+            encode._encode(
                 source.path,
                 source.demuxer,
                 dest,

@@ -1,4 +1,5 @@
-"""Audio processing against real decoders and encoders (PyAV/FFmpeg, libebur128, ffmpeg CLI)."""
+"""Audio processing against real decoders and encoders (PyAV/FFmpeg, libebur128, the encoder
+process)."""
 
 import json
 import os

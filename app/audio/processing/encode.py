@@ -1,5 +1,6 @@
-"""Renditions: gain to the preset's loudness with a limiter for the true-peak ceiling, encoded by
-the ffmpeg CLI (measured faster than PyAV for MP3), each verified by measuring the file made."""
+"""Renditions: gain to the preset's loudness with a limiter for the true-peak ceiling, encoded in
+a child process by PyAV's FFmpeg (transcode.py: the filters and encoders the ffmpeg CLI runs, at
+its speed), each verified by measuring the file made."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import ctypes
 import errno
 import functools
 import math
+import os
 import resource
 import signal
 import subprocess
@@ -16,7 +18,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-import imageio_ffmpeg
 import numpy as np
 import pyebur128
 
@@ -29,6 +30,9 @@ SEARCH_LU = 0.2  # the gain search on raw PCM stops this close to the target
 SEARCH_STEPS = 3
 ENCODE_TIMEOUT_S = 1800
 STOP_CHECK_S = 0.5
+TRANSCODER = Path(__file__).with_name("transcode.py")
+# A program run in the transcoder's place with the same arguments (tests: a hung encoder).
+ENCODER_EXE_ENV = "AUDIO_ENCODER_EXE"
 
 
 class Stopped(Exception):
@@ -40,26 +44,45 @@ class Format:
     name: str
     extension: str
     content_type: str
-    codec_args: tuple[str, ...]
+    codec: str
+    muxer: str
+    rate: int | None = None  # None: the source's
+    options: tuple[tuple[str, str], ...] = ()  # the encoder's (AVCodecContext) options
+    muxer_options: tuple[tuple[str, str], ...] = ()
+    max_channels: int | None = None  # more are downmixed (the encoder takes no more)
+
+    def transcoder_args(self) -> list[str]:
+        args = ["--codec", self.codec, "--muxer", self.muxer]
+        if self.rate:
+            args += ["--rate", str(self.rate)]
+        if self.max_channels:
+            args += ["--max-channels", str(self.max_channels)]
+        args += [f"--option={key}={value}" for key, value in self.options]
+        return args + [f"--muxer-option={key}={value}" for key, value in self.muxer_options]
+
+    @property
+    def codec_args(self) -> tuple[str, ...]:
+        """The same encode as ffmpeg CLI arguments (the benchmark's reference runs)."""
+        args = ["-c:a", self.codec]
+        for key, value in (*self.options, *self.muxer_options):
+            args += [f"-{key}", value]
+        if self.rate:
+            args += ["-ar", str(self.rate)]
+        return (*args, "-f", self.muxer)
 
 
 FORMATS = {
-    # VBR: LAME's CBR/ABR at <= 160 kbps scales input by 0.95 (-0.45 dB).
-    "mp3": Format(
-        "mp3", "mp3", "audio/mpeg", ("-c:a", "libmp3lame", "-q:a", "2", "-ar", "44100", "-f", "mp3")
-    ),
-    "aac": Format(
-        "aac", "m4a", "audio/mp4",
-        ("-c:a", "aac", "-b:a", "160k", "-ar", "48000", "-movflags", "+faststart", "-f", "ipod"),
-    ),
-    "opus": Format(
-        "opus", "opus", "audio/ogg", ("-c:a", "libopus", "-b:a", "96k", "-ar", "48000", "-f", "ogg")
-    ),
-    # A fixed block size: from an MP3 input the CLI picks ~47-sample frames (10x slower, 2x bigger).
-    "flac": Format(
-        "flac", "flac", "audio/flac", ("-c:a", "flac", "-frame_size", "4608", "-f", "flac")
-    ),
+    # VBR (-q:a 2): LAME's CBR/ABR at <= 160 kbps scales input by 0.95 (-0.45 dB).
+    "mp3": Format("mp3", "mp3", "audio/mpeg", "libmp3lame", "mp3", 44100,
+                  (("flags", "+qscale"), ("global_quality", str(2 * 118))), max_channels=2),
+    "aac": Format("aac", "m4a", "audio/mp4", "aac", "ipod", 48000, (("b", "160k"),),
+                  (("movflags", "+faststart"),)),
+    "opus": Format("opus", "opus", "audio/ogg", "libopus", "ogg", 48000, (("b", "96k"),)),
+    # A fixed block size: from an MP3 input FFmpeg picks ~47-sample frames (10x slower, 2x bigger).
+    "flac": Format("flac", "flac", "audio/flac", "flac", "flac", None, (("frame_size", "4608"),)),
 }  # fmt: skip
+# Raw float PCM at the source's rate and channels: the limited audio measured, not delivered.
+PCM = Format("pcm", "f32", "audio/L32", "pcm_f32le", "f32le")
 
 
 @dataclass
@@ -99,7 +122,7 @@ def render(
     """`stop` is asked twice a second while an encoder runs: true kills it (raises Stopped)."""
     gain = plan_gain(analysis.loudness, target_lufs)
     if gain is None:
-        _ffmpeg(source, demuxer_name(analysis), dest, fmt, gain_db=0.0, limit_dbfs=ceiling_dbtp,
+        _encode(source, demuxer_name(analysis), dest, fmt, gain_db=0.0, limit_dbfs=ceiling_dbtp,
                 limits=limits, stop=stop)  # fmt: skip
         measured = analyse(dest, limits, waveform=False).loudness
         return Rendition(fmt, dest, measured, 0.0, False, "silent: nothing to normalise")
@@ -111,7 +134,7 @@ def render(
         for attempt in range(1, MAX_ATTEMPTS + 1):
             path = dest.with_name(f"{dest.stem}.try{attempt}{dest.suffix}")
             made.append(path)
-            _ffmpeg(source, demuxer_name(analysis), path, fmt, gain_db=gain, limit_dbfs=limit,
+            _encode(source, demuxer_name(analysis), path, fmt, gain_db=gain, limit_dbfs=limit,
                     limits=limits, stop=stop)  # fmt: skip
             measured = analyse(path, limits, waveform=False).loudness
             attempts.append((path, measured, gain, limit))
@@ -217,7 +240,7 @@ def _miss(loudness: Loudness, target_lufs: float, ceiling_dbtp: float) -> tuple[
     return (broken, error)
 
 
-def _ffmpeg(
+def _encode(
     source: Path,
     demuxer: str,
     dest: Path,
@@ -228,12 +251,11 @@ def _ffmpeg(
     limits: Limits,
     stop: Callable[[], bool] = lambda: False,
 ) -> None:
-    command = [*_filtered_input(source, demuxer, gain_db, limit_dbfs), "-map_metadata", "-1",
-               *fmt.codec_args, "-y", str(dest)]  # fmt: skip
+    command = _command(source, demuxer, str(dest), fmt, gain_db, limit_dbfs)
     cpu_before = _children_cpu_s()
     deadline = time.monotonic() + ENCODE_TIMEOUT_S
     process = subprocess.Popen(
-        command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
         preexec_fn=functools.partial(_confine, limits),  # only setrlimit/prctl after fork
     )  # fmt: skip
     try:
@@ -258,17 +280,16 @@ def _ffmpeg(
         raise _failure(failed, fmt, limits, _children_cpu_s() - cpu_before)
 
 
-def _filtered_input(source: Path, demuxer: str, gain_db: float, limit_dbfs: float) -> list[str]:
-    """ffmpeg reading the source's first audio stream through the gain and the limiter."""
+def _command(
+    source: Path, demuxer: str, dest: str, fmt: Format, gain_db: float, limit_dbfs: float
+) -> list[str]:
+    """The encoder process: the source's first audio stream through the gain and the limiter
+    into `fmt`'s encoder and muxer (transcode.py, under this interpreter, isolated mode)."""
     limit = min(max(10 ** (limit_dbfs / 20), 0.0625), 1.0)
-    filters = (
-        f"volume={gain_db:.3f}dB,alimiter=limit={limit:.5f}:level=disabled:attack=5:release=50"
-    )
-    return [
-        imageio_ffmpeg.get_ffmpeg_exe(), "-nostdin", "-hide_banner", "-loglevel", "error",
-        "-protocol_whitelist", "file", "-f", demuxer, "-i", str(source),
-        "-map", "0:a:0", "-vn", "-sn", "-dn", "-af", filters,
-    ]  # fmt: skip
+    program = os.environ.get(ENCODER_EXE_ENV)
+    runner = [program] if program else [sys.executable, "-I", str(TRANSCODER)]
+    return [*runner, str(source), dest, "--demuxer", demuxer, f"--gain-db={gain_db:.3f}",
+            f"--limit={limit:.5f}", *fmt.transcoder_args()]  # fmt: skip
 
 
 def _pcm_loudness(
@@ -280,15 +301,13 @@ def _pcm_loudness(
     stop: Callable[[], bool],
 ) -> float | None:
     """Integrated loudness of the source through the gain and the limiter, read as raw float
-    PCM from ffmpeg's output pipe (None: silent)."""
+    PCM (the source's rate and channels) from the encoder process's output pipe (None: silent)."""
     channels, rate = analysis.channels, analysis.sample_rate
-    command = [*_filtered_input(source, demuxer_name(analysis), gain_db, limit_dbfs),
-               "-ac", str(channels), "-ar", str(rate), "-f", "f32le", "-c:a", "pcm_f32le",
-               "pipe:1"]  # fmt: skip
+    command = _command(source, demuxer_name(analysis), "pipe:1", PCM, gain_db, limit_dbfs)
     meter = pyebur128.R128State(channels, rate, pyebur128.MeasurementMode.MODE_I)
     frame_bytes, pending = 4 * channels, b""
     process = subprocess.Popen(
-        command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+        command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
         preexec_fn=functools.partial(_confine, limits),
     )  # fmt: skip
     try:
@@ -324,20 +343,22 @@ def _failure(
     stderr = exc.stderr.decode(errors="replace")
     if "No space left on device" in stderr:
         return OSError(errno.ENOSPC, f"encoding {fmt.name}: no space left on device")
-    # ffmpeg catches SIGXCPU and exits quietly: its CPU time tells.
+    # An encoder may catch SIGXCPU and exit quietly: its CPU time tells.
     if cpu_s >= limits.encoder_cpu_s or exc.returncode in (-signal.SIGXCPU, -signal.SIGKILL):
         return InvalidAudio(f"encoding {fmt.name} used more than its {limits.encoder_cpu_s} s "
                             "of CPU time")  # fmt: skip
     if exc.returncode == -signal.SIGXFSZ or "File too large" in stderr:
         return InvalidAudio(f"the {fmt.name} rendition would be larger than the "
                             f"{limits.max_output_bytes // 2**20} MB limit")  # fmt: skip
-    if "Cannot allocate memory" in stderr or exc.returncode == -signal.SIGSEGV:
+    if any(sign in stderr for sign in _OUT_OF_MEMORY) or exc.returncode == -signal.SIGSEGV:
         return InvalidAudio(f"encoding {fmt.name} needed more than its "
                             f"{limits.encoder_memory_bytes // 2**20} MB of memory")  # fmt: skip
     message = stderr.strip().splitlines()[-1:] or [f"exit status {exc.returncode}"]
     return InvalidAudio(f"encoding {fmt.name} failed: {message[0][:200]}")
 
 
+# FFmpeg's ENOMEM, Python's, and the loader's when a library does not fit in the address space.
+_OUT_OF_MEMORY = ("Cannot allocate memory", "MemoryError", "failed to map segment")
 _PR_SET_PDEATHSIG = 1
 # Looked up once here: between fork and exec (with other threads running) only plain calls.
 _prctl = ctypes.CDLL(None, use_errno=True).prctl if sys.platform == "linux" else None

@@ -1,0 +1,189 @@
+"""The encoder process: one audio file through gain and a true-peak limiter into one encoder,
+all inside PyAV's FFmpeg (the filters and codecs the ffmpeg CLI would use), in a child process.
+
+encode.py runs it as `python -I <this file> ...` (a script, not a module of the package: it
+imports only PyAV and the standard library, so it starts in a fraction of a second and never
+loads Django), under the same rlimits, kill-on-stop, timeout and die-with-the-worker rules as an
+external encoder: a crash, a limit or a kill takes down this process, never the worker.
+
+    transcode.py SOURCE DEST --demuxer wav --gain-db 3.2 --limit 0.8414 --codec libmp3lame
+        [--rate 44100] [--channels 2] [--max-channels 2]
+        [--muxer mp3] [--option flags=+qscale ...] [--muxer-option movflags=+faststart ...]
+
+DEST may be `pipe:1` (e.g. raw float PCM for a loudness measurement). Failures are one line on
+stderr (FFmpeg's own reason: "File too large", "No space left on device", "Cannot allocate
+memory") and exit status 1; SIGXCPU and SIGKILL end the process as they would any encoder.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import sys
+from collections.abc import Iterator, Sequence
+from fractions import Fraction
+
+import av
+
+# The same as the ffmpeg CLI's -af: the gain, then a limiter that holds sample peaks at `limit`
+# (linear), with no output make-up gain.
+LIMITER = "limit={limit:.5f}:level=disabled:attack=5:release=50"
+DEMUXER_WHITELIST = "wav,flac,mp3,aac,mov,ogg,matroska"
+# av_channel_layout_default(): the layout FFmpeg assumes for N channels with no layout.
+DEFAULT_LAYOUTS = {1: "mono", 2: "stereo", 3: "2.1", 4: "4.0", 5: "5.0", 6: "5.1", 7: "6.1",
+                   8: "7.1"}  # fmt: skip
+
+
+def _pairs(values: Sequence[str]) -> dict[str, str]:
+    options = {}
+    for value in values:
+        key, sep, setting = value.partition("=")
+        if not sep:
+            raise SystemExit(f"option {value!r} is not KEY=VALUE")
+        options[key] = setting
+    return options
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("source")
+    parser.add_argument("dest")
+    parser.add_argument("--demuxer", required=True)
+    parser.add_argument("--gain-db", type=float, required=True)
+    parser.add_argument("--limit", type=float, required=True, help="limiter level, linear")
+    parser.add_argument("--codec", required=True)
+    parser.add_argument("--muxer", required=True)
+    parser.add_argument("--rate", type=int, help="output sample rate (default: the source's)")
+    parser.add_argument("--channels", type=int, help="output channels (default: the source's)")
+    parser.add_argument("--max-channels", type=int, help="the encoder's most channels (downmix)")
+    parser.add_argument("--option", action="append", default=[], help="codec option KEY=VALUE")
+    parser.add_argument("--muxer-option", action="append", default=[], help="KEY=VALUE")
+    return parser.parse_args(argv)
+
+
+def layout_name(channels: int) -> str:
+    """FFmpeg's default layout for a channel count (a WAV without a channel mask has none)."""
+    return DEFAULT_LAYOUTS.get(channels, f"{channels}c")
+
+
+def encoder_format(codec: av.Codec) -> str:
+    """The sample format the ffmpeg CLI gives this encoder after the limiter (whose output is
+    double): the widest it takes, the first of equals (s32 FLAC, float Opus)."""
+    formats = codec.audio_formats or ()
+    return max(formats, key=lambda f: f.bytes).name if formats else "flt"
+
+
+def transcode(args: argparse.Namespace) -> None:
+    source = av.open(args.source, format=args.demuxer, options={
+        "protocol_whitelist": "file", "format_whitelist": DEMUXER_WHITELIST,
+    })  # fmt: skip
+    with source:
+        stream = next((s for s in source.streams if s.type == "audio"), None)
+        if stream is None:
+            raise ValueError("the file has no audio stream")
+        decoder = stream.codec_context
+        rate = args.rate or decoder.sample_rate
+        channels = args.channels or decoder.channels
+        if args.max_channels:
+            channels = min(channels, args.max_channels)
+        layout = layout_name(channels)
+        with av.open(args.dest, "w", format=args.muxer, options=_pairs(args.muxer_option)) as out:
+            ostream = out.add_stream(args.codec, rate=rate, layout=layout,
+                                     options=_pairs(args.option))  # fmt: skip
+            encoder = ostream.codec_context
+            encoder.format = encoder_format(encoder.codec)
+            encoder.time_base = Fraction(1, rate)
+            encoder.open()
+            graph = _graph(stream, args, encoder, rate, layout)
+            for frame in _filtered(source, stream, graph):
+                for packet in encoder.encode(frame):
+                    packet.stream = ostream
+                    out.mux(packet)
+            for packet in encoder.encode(None):
+                packet.stream = ostream
+                out.mux(packet)
+
+
+def _graph(
+    stream: av.audio.stream.AudioStream,
+    args: argparse.Namespace,
+    encoder: av.audio.codeccontext.AudioCodecContext,
+    rate: int,
+    layout: str,
+) -> av.filter.Graph:
+    decoder = stream.codec_context
+    graph = av.filter.Graph()
+    graph.threads = 1  # audio filters here do not thread; one thread keeps the memory bound
+    source = graph.add_abuffer(
+        sample_rate=decoder.sample_rate, format=decoder.format.name, layout=decoder.layout.name,
+        time_base=Fraction(1, decoder.sample_rate),
+    )  # fmt: skip
+    # The encoder's sample format, rate and layout: FFmpeg inserts the resampler it needs.
+    negotiate = f"sample_fmts={encoder.format.name}:sample_rates={rate}:channel_layouts={layout}"
+    chain = [
+        source,
+        graph.add("volume", f"volume={args.gain_db:.3f}dB"),
+        graph.add("alimiter", LIMITER.format(limit=args.limit)),
+        graph.add("aformat", negotiate),
+        graph.add("abuffersink"),
+    ]
+    for upstream, downstream in itertools.pairwise(chain):
+        upstream.link_to(downstream)
+    graph.configure()
+    if encoder.frame_size:  # encoders with a fixed frame size (MP3, AAC, Opus, FLAC here)
+        graph.set_audio_frame_size(encoder.frame_size)
+    return graph
+
+
+def _filtered(
+    source: av.container.InputContainer,
+    stream: av.audio.stream.AudioStream,
+    graph: av.filter.Graph,
+) -> Iterator[av.AudioFrame]:
+    """The source's frames through the graph, timestamped by sample count (in and out)."""
+    pushed = pulled = 0
+    frames = source.decode(stream)
+    while True:
+        frame = next(frames, None)
+        if frame is not None:
+            frame.pts, frame.time_base = pushed, Fraction(1, frame.sample_rate)
+            pushed += frame.samples
+        graph.push(frame)
+        for out in _drain(graph):
+            out.pts = pulled
+            pulled += out.samples
+            yield out
+        if frame is None:
+            return
+
+
+def _drain(graph: av.filter.Graph) -> Iterator[av.AudioFrame]:
+    while True:
+        try:
+            yield graph.pull()
+        except (av.BlockingIOError, av.EOFError):
+            return
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        transcode(args)
+    except MemoryError:
+        print("Cannot allocate memory", file=sys.stderr)
+        return 1
+    except (av.FFmpegError, OSError, ValueError) as exc:
+        print(_reason(exc), file=sys.stderr)
+        return 1
+    return 0
+
+
+def _reason(exc: Exception) -> str:
+    """One line: FFmpeg's (or the OS's) reason, without the file name."""
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    return " ".join(str(exc).split())
+
+
+if __name__ == "__main__":
+    sys.exit(main())
