@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 
+import av
 import numpy as np
 import pytest
 
@@ -185,3 +186,37 @@ def test_worker_processes_get_an_address_space_limit() -> None:
     result = subprocess.run([sys.executable, "-c", code], env=env, cwd=APP_DIR,
                             capture_output=True, text=True, timeout=60)  # fmt: skip
     assert result.stdout.strip() == "MemoryError", result.stderr
+
+
+@pytest.mark.parametrize("channels", [1, 2, 6])
+def test_the_encoder_process_keeps_the_cli_encoders_settings(tmp_path, channels) -> None:
+    """What the ffmpeg CLI did with the same settings: the source's layout where the encoder
+    takes it (LAME takes at most stereo: downmixed), FLAC at 24 bits (s32), MP3 at 44.1 kHz."""
+    layout = {1: "mono", 2: "stereo", 6: "5.1"}[channels]
+    mono = signals.program(8)[:, :1].astype(np.float32)
+    source = tmp_path / "in.wav"
+    with av.open(str(source), "w", format="wav") as out:
+        stream = out.add_stream("pcm_s16le", rate=signals.RATE, layout=layout)
+        frame = av.AudioFrame.from_ndarray(
+            np.tile(mono, (1, channels)).reshape(1, -1), format="flt", layout=layout
+        )
+        frame.sample_rate = signals.RATE
+        resampler = av.AudioResampler(format="s16", layout=layout, rate=signals.RATE)
+        for chunk in resampler.resample(frame) + resampler.resample(None):
+            for packet in stream.encode(chunk):
+                out.mux(packet)
+    analysis = media.analyse(source, LIMITS)
+    expected = {"mp3": (min(channels, 2), 44100, None), "aac": (channels, 48000, None),
+                "opus": (channels, 48000, None), "flac": (channels, signals.RATE, 24)}  # fmt: skip
+    for name, (want_channels, want_rate, want_bits) in expected.items():
+        fmt = encode.FORMATS[name]
+        rendition = encode.render(
+            source, analysis, fmt, tmp_path / f"out.{fmt.extension}",
+            target_lufs=-16, ceiling_dbtp=-1, limits=LIMITS,
+        )  # fmt: skip
+        assert rendition.within_target, (name, rendition)
+        with av.open(str(rendition.path)) as made:
+            decoded = made.streams.audio[0].codec_context
+            assert (decoded.channels, decoded.sample_rate) == (want_channels, want_rate), name
+            if want_bits:
+                assert decoded.bits_per_raw_sample == want_bits, name
