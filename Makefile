@@ -45,8 +45,8 @@ down: .venv/.synced ## stop the stack
 
 restart: down up ## stop, then start the stack
 
-reload: .venv/.synced ## reload web without dropping a request (Gunicorn HUP: new workers, then the old stop)
-	$(STACK) reload web
+reload: .venv/.synced ## reload web and events without dropping a request (Gunicorn HUP: new workers, then the old stop)
+	$(STACK) reload web events
 
 letsencrypt: .venv/.synced ## obtain a Let's Encrypt certificate for SERVER_NAME (README: "Let's Encrypt")
 	@command -v certbot >/dev/null || { echo "certbot is missing: apt-get install certbot" >&2; exit 1; }

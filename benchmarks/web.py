@@ -7,13 +7,15 @@ On the benchmark stack (var/bench, its own ports; benchmarks/_common.py), in rou
 alternate every configuration so the machine's noise hits all of them:
 
 1. Servers, direct (no nginx), each with WEB_CONCURRENCY workers and the production Gunicorn
-   config: the WSGI reference (Gunicorn sync workers), the shipped Gunicorn + Uvicorn workers
-   (core.asgi's handler) and the same with Django's own ASGI handler, on a trivial sync view
-   behind every middleware (/diagnostics/request) and on the
-   main API read (GET /api/jobs/, token auth, 20 jobs with renditions; after the first request
-   of each run the token and the page come from the cache).
-2. Through nginx/TLS, the stack itself: the API read pooled (shipped) and naive
-   (DATABASE_POOL_MAX_SIZE=0, CONN_MAX_AGE=0: a new connection per request).
+   config: the stack's own web process (as shipped: Gunicorn sync workers, WSGI), the WSGI
+   reference (the same server started apart), gthread workers, Gunicorn + Uvicorn workers
+   (WEB_SERVER=asgi, the seed's server; core.asgi's one-hop handler) and the same with Django's
+   own ASGI handler, on a trivial sync view behind every middleware (/diagnostics/request) and
+   on the main API read (GET /api/jobs/, token auth, 20 jobs with renditions; after the first
+   request of each run the token and the page come from the cache).
+2. Through nginx/TLS, the stack itself: the API read as shipped, with web on Uvicorn workers
+   (WEB_SERVER=asgi) and naive (DATABASE_POOL_MAX_SIZE=0, CONN_MAX_AGE=0: a new connection per
+   request), each a restart of the stack.
 3. Open model (benchmarks/open_load.py): the API read through nginx offered at a constant
    rate of half the measured maximum; latency counts from when each request was due.
 4. Scale: 1,000 connections at once through nginx, with PostgreSQL's peak session count.
@@ -55,20 +57,30 @@ from _common import (
 from open_load import open_load
 
 GUNICORN_CONF = REPO_DIR / "deployments" / "compose" / "django" / "gunicorn.conf.py"
-SERVERS = {  # key: (label, Gunicorn arguments)
-    "wsgi": (
-        "Gunicorn sync (WSGI), the reference",
-        ["core.wsgi:application", "--worker-class", "sync"],
+SERVERS = {  # key: (label, settings over the stack's, Gunicorn arguments)
+    "wsgi": ("Gunicorn sync workers (WSGI): shipped web, the reference", {}, []),
+    "wsgi_gthread": ("Gunicorn gthread workers, 4 threads (WSGI)", {"WEB_THREADS": "4"}, []),
+    "asgi": (
+        "Gunicorn + Uvicorn workers (WEB_SERVER=asgi, the seed's)",
+        {"WEB_SERVER": "asgi"},
+        [],
     ),
-    "asgi": ("Gunicorn + Uvicorn (shipped)", ["core.asgi:application"]),
     # The same server with Django's own ASGI handler (a hop per sync middleware hook).
     "asgi_django": (
-        "Gunicorn + Uvicorn, Django's handler",
+        "Gunicorn + Uvicorn, Django's own ASGI handler",
+        {"WEB_SERVER": "asgi"},
         ["django.core.asgi:get_asgi_application()"],
     ),
 }
-DIRECT_PORTS = {"wsgi": 28211, "asgi": 28212, "asgi_django": 28213}
-NAIVE = {"DATABASE_POOL_MAX_SIZE": "0", "DATABASE_CONN_MAX_AGE": "0"}
+DIRECT_PORTS = {"wsgi": 28211, "wsgi_gthread": 28214, "asgi": 28212, "asgi_django": 28213}
+EDGE_API = "nginx api (shipped)"
+STACK_VARIANTS = {
+    "nginx api, web WEB_SERVER=asgi (the seed's)": {"WEB_SERVER": "asgi"},
+    "nginx api naive (no pool, CONN_MAX_AGE=0)": {
+        "DATABASE_POOL_MAX_SIZE": "0",
+        "DATABASE_CONN_MAX_AGE": "0",
+    },
+}
 TRIVIAL, API = "/diagnostics/request", "/api/jobs/"
 
 SEED = """
@@ -100,7 +112,7 @@ def servers(env: dict[str, str], log_dir: Path) -> Iterator[None]:
     """The direct servers, all started at once (idle ones cost nothing), stopped at the end."""
     started = []
     try:
-        for key, (_, args) in SERVERS.items():
+        for key, (_, settings, args) in SERVERS.items():
             command = [
                 stack_python(),
                 "-m",
@@ -122,6 +134,7 @@ def servers(env: dict[str, str], log_dir: Path) -> Iterator[None]:
                     ],
                     env={
                         **env,
+                        **settings,
                         "WEB_PORT": str(DIRECT_PORTS[key]),
                         "DJANGO_SETTINGS_MODULE": "core.settings",
                     },
@@ -197,19 +210,21 @@ def measure(args: argparse.Namespace) -> dict:
             wait_ok(base + API, direct_headers | auth, None)
         wait_ok(edge + API, auth, tls)
         for round_ in range(1, args.rounds + 1):
-            for key, port in DIRECT_PORTS.items():
+            for key, port in {"web": int(resolved["WEB_PORT"]), **DIRECT_PORTS}.items():
                 base = f"http://127.0.0.1:{port}"
                 run(f"direct {key} trivial", base + TRIVIAL, direct_headers | diagnostics, round_)
                 run(f"direct {key} api", base + API, direct_headers | auth, round_)
-            run("nginx asgi api", edge + API, auth, round_)
-            run("nginx asgi trivial", edge + TRIVIAL, diagnostics, round_)
+            run(EDGE_API, edge + API, auth, round_)
+            run("nginx trivial", edge + TRIVIAL, diagnostics, round_)
+    # Whole-stack variants (a restart each), alternating too.
     for round_ in range(1, args.rounds + 1):
-        bring_up(env, NAIVE)
-        wait_ok(edge + API, auth, tls)
-        run("nginx asgi api naive (no pool)", edge + API, auth, round_)
+        for config, overrides in STACK_VARIANTS.items():
+            bring_up(env, overrides)
+            wait_ok(edge + API, auth, tls)
+            run(config, edge + API, auth, round_)
     bring_up(env, {})
     wait_ok(edge + API, auth, tls)
-    best = median([r["req_s"] for r in runs if r["config"] == "nginx asgi api"]) or 0
+    best = median([r["req_s"] for r in runs if r["config"] == EDGE_API]) or 0
     rate = max(1, round(best / 2))
     print(f"  open model: {rate} req/s offered for {args.open_seconds} s", flush=True)
     steady = open_load(edge + API, auth, rate, args.open_seconds, tls)
@@ -272,21 +287,32 @@ def summarize(result: dict) -> dict:
     return {
         "medians": medians,
         "ratios": {
-            "asgi_tax_trivial (wsgi / asgi, target <= 1.5)": ratio(
+            "web_tax_trivial (reference / the stack's web; target <= 1.5)": ratio(
+                "direct wsgi trivial", "direct web trivial"
+            ),
+            "web_tax_api (reference / the stack's web)": ratio("direct wsgi api", "direct web api"),
+            "asgi_tax_trivial (wsgi / asgi: WEB_SERVER=asgi)": ratio(
                 "direct wsgi trivial", "direct asgi trivial"
             ),
             "asgi_tax_api (wsgi / asgi)": ratio("direct wsgi api", "direct asgi api"),
-            "one_hop_gain_trivial (shipped / Django's handler)": ratio(
+            "gthread / sync, api": ratio("direct wsgi_gthread api", "direct wsgi api"),
+            "one_hop_gain_trivial (core.asgi / Django's handler)": ratio(
                 "direct asgi trivial", "direct asgi_django trivial"
             ),
-            "one_hop_gain_api (shipped / Django's handler)": ratio(
+            "one_hop_gain_api (core.asgi / Django's handler)": ratio(
                 "direct asgi api", "direct asgi_django api"
             ),
             "api_through_nginx / wsgi_trivial (target >= 0.5)": ratio(
-                "nginx asgi api", "direct wsgi trivial"
+                EDGE_API, "direct wsgi trivial"
+            ),
+            "api_through_nginx / direct wsgi api (nginx + TLS cost)": ratio(
+                EDGE_API, "direct wsgi api"
+            ),
+            "api_through_nginx shipped / seed's asgi web": ratio(
+                EDGE_API, "nginx api, web WEB_SERVER=asgi (the seed's)"
             ),
             "api_through_nginx pooled / naive (target >= 20)": ratio(
-                "nginx asgi api", "nginx asgi api naive (no pool)"
+                EDGE_API, "nginx api naive (no pool, CONN_MAX_AGE=0)"
             ),
         },
     }

@@ -31,6 +31,7 @@ DEV_STACK = {  # ports of its own: the test stack (var/test) is running beside i
     "REDIS_BROKER_PORT": "26779",
     "REDIS_CACHE_PORT": "26780",
     "WEB_PORT": "28400",
+    "EVENTS_PORT": "28401",
     "FLOWER_PORT": "25955",
     "NGINX_HTTP_PORT": "9380",
     "NGINX_HTTPS_PORT": "9743",

@@ -1,6 +1,7 @@
-"""The web server: the shipped ASGI handler takes a sync view's request to its thread once, not
-once per middleware; the servers benchmarks/web.py compares (ASGI as shipped, the WSGI
-reference) both serve the app; the release step does no work twice."""
+"""The web servers: WSGI workers for ordinary requests and Uvicorn workers for the event
+streams, nginx routing between them; the ASGI handler (events, and web with WEB_SERVER=asgi)
+takes a sync view's request to its thread once, not once per middleware; the release step does
+no work twice."""
 
 import asyncio
 import shutil
@@ -77,24 +78,30 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def start_server(env: dict[str, str]) -> subprocess.Popen[bytes]:
+    """Gunicorn as web's start runs it, with the given settings."""
+    command = [sys.executable, "-m", "gunicorn", "--config", str(GUNICORN_CONF), "--chdir",
+               env["APP_DIR"]]  # fmt: skip
+    return subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+
+
 @pytest.mark.e2e
 @pytest.mark.parametrize(
-    ("app", "worker", "thread"),
+    ("server", "thread"),
     [
-        # As shipped: Gunicorn + Uvicorn workers; Django runs the view on a thread per request.
-        ("core.asgi:application", "core.uvicorn_worker.DjangoUvicornWorker", "ThreadPoolExecutor-"),
-        # The WSGI reference of benchmarks/web.py: the view runs on the worker's main thread.
-        ("core.wsgi:application", "sync", "MainThread"),
+        # As shipped: Gunicorn sync workers; the view runs on the worker's main thread.
+        ("wsgi", "MainThread"),
+        # WEB_SERVER=asgi, the seed's Gunicorn + Uvicorn workers: Django runs the view on a
+        # thread per request.
+        ("asgi", "ThreadPoolExecutor-"),
     ],
 )
 def test_both_server_configurations_serve_the_app(
-    native_stack: NativeStack, app: str, worker: str, thread: str
+    native_stack: NativeStack, server: str, thread: str
 ) -> None:
     port = free_port()
-    env = {**native_stack.env, "WEB_PORT": str(port), "WEB_CONCURRENCY": "1"}
-    command = [sys.executable, "-m", "gunicorn", "--config", str(GUNICORN_CONF), "--chdir",
-               env["APP_DIR"], "--worker-class", worker, app]  # fmt: skip
-    server = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    env = {**native_stack.env, "WEB_PORT": str(port), "WEB_CONCURRENCY": "1", "WEB_SERVER": server}
+    process = start_server(env)
     headers = {"X-Forwarded-Proto": "https", "Host": "localhost",
                **native_stack.diagnostics_headers()}  # fmt: skip
     try:
@@ -104,17 +111,56 @@ def test_both_server_configurations_serve_the_app(
                     client.get("/healthz")
                     break
                 except httpx.TransportError:
-                    assert server.poll() is None, server.stdout.read().decode()
+                    assert process.poll() is None, process.stdout.read().decode()
                     time.sleep(0.2)
             names = thread_names(client, headers, 5)
             database = client.get("/diagnostics/database", headers=headers)
     finally:
-        server.terminate()
-        server.wait(30)
+        process.terminate()
+        process.wait(30)
     assert all(name.startswith(thread) for name in names), names
     if thread == "ThreadPoolExecutor-":
         assert len(set(names)) == 5, names  # one thread per request
     assert database.status_code == 200 and database.json()["migrations"] > 20
+
+
+def test_an_unknown_server_is_refused_by_name(native_stack: NativeStack) -> None:
+    env = {**native_stack.env, "WEB_PORT": str(free_port()), "WEB_SERVER": "wsgi2"}
+    process = start_server(env)
+    output = process.communicate(timeout=60)[0].decode()
+    assert process.returncode != 0
+    assert "WEB_SERVER='wsgi2': must be one of wsgi, asgi" in output, output
+
+
+def first_stream_line(client: httpx.Client, url: str, headers: dict[str, str]) -> tuple[int, str]:
+    with client.stream("GET", url, headers=headers, timeout=30) as response:
+        if response.status_code != 200:
+            return response.status_code, response.read().decode()
+        return 200, next(response.iter_lines())
+
+
+@pytest.mark.e2e
+def test_nginx_sends_event_streams_to_the_events_process(native_stack: NativeStack) -> None:
+    """web (WSGI workers) refuses to hold a stream on its only thread; the events process
+    (Uvicorn workers) serves it, and that is where nginx sends the page's EventSource."""
+    account = native_stack.signup("routes")
+    browser = native_stack.session(account)
+    try:
+        status, line = first_stream_line(browser, "/jobs/events/", {})
+        cookie = f"sessionid={browser.cookies['sessionid']}"
+    finally:
+        browser.close()
+    assert status == 200 and line.startswith("retry: "), (status, line)
+    direct = {"X-Forwarded-Proto": "https", "Host": "localhost", "Cookie": cookie}
+    with httpx.Client(timeout=30) as client:
+        web = first_stream_line(
+            client, f"http://127.0.0.1:{native_stack.env['WEB_PORT']}/jobs/events/", direct
+        )
+        events = first_stream_line(
+            client, f"http://127.0.0.1:{native_stack.env['EVENTS_PORT']}/jobs/events/", direct
+        )
+    assert web[0] == 503 and "served by the events process" in web[1], web
+    assert events[0] == 200 and events[1].startswith("retry: "), events
 
 
 @pytest.mark.e2e

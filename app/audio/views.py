@@ -5,6 +5,7 @@ import weakref
 from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.contrib.auth.decorators import login_required
+from django.core.handlers.asgi import ASGIRequest
 from django.db import connections
 from django.http import HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
 from django.shortcuts import get_object_or_404, render
@@ -56,6 +57,14 @@ def _snapshot(user: object) -> list[str]:
 
 async def events(request: HttpRequest) -> HttpResponse:
     """text/event-stream: the user's jobs now, then one `job` event whenever one changes."""
+    if not isinstance(request, ASGIRequest):
+        # A WSGI worker would serve the stream on its only thread for minutes: nginx sends
+        # streams to the events process (ASGI); a client that came here directly polls.
+        return JsonResponse(
+            {"detail": "event streams are served by the events process, not this server"},
+            status=503,
+            headers={"Retry-After": "30"},
+        )
     user = await request.auser()
     if not user.is_authenticated:
         return HttpResponse(status=401)

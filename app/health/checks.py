@@ -3,6 +3,7 @@
 import asyncio
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from asgiref.sync import sync_to_async
@@ -12,6 +13,10 @@ from django.db import connections
 from kombu import Connection, pools
 
 CHECK_TIMEOUT_SECONDS = 2.0
+# Checks run on threads of their own, not the event loop's default executor: under WSGI each
+# probe runs in a loop of its own (async_to_sync), and closing that loop would wait for a check
+# that is stuck (PgBouncer down: the pool's 10 s) long after the probe timed it out.
+CHECK_EXECUTOR = ThreadPoolExecutor(max_workers=8, thread_name_prefix="readiness")
 
 
 @dataclass(frozen=True)
@@ -81,7 +86,9 @@ async def run_check(
 ) -> CheckResult:
     started = time.perf_counter()
     try:
-        await asyncio.wait_for(sync_to_async(check, thread_sensitive=False)(), timeout)
+        await asyncio.wait_for(
+            sync_to_async(check, thread_sensitive=False, executor=CHECK_EXECUTOR)(), timeout
+        )
     except TimeoutError:
         error = f"timed out after {timeout:.1f}s"
     except Exception as exc:

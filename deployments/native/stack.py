@@ -109,6 +109,14 @@ SERVICES = (
         environment=(("WAIT_DATABASE", "direct"),),  # its start runs the release step
     ),
     Service(
+        "events",
+        (ENTRYPOINT, _script("django", "events", "start")),
+        (_script("django", "events", "healthcheck"),),
+        ports=("EVENTS_PORT",),
+        stop_wait=35,
+        start_timeout=180,
+    ),
+    Service(
         "celery_worker",
         (ENTRYPOINT, _script("django", "celery", "worker", "start")),
         (_script("django", "celery", "worker", "healthcheck"),),
@@ -227,6 +235,13 @@ DEV_SERVICES = {
         ports=("WEB_PORT",),
         start_timeout=180,
         environment=(("WAIT_DATABASE", "direct"),),
+    ),
+    "events": Service(
+        "events",
+        (ENTRYPOINT, _script("django", "events", "start-dev")),
+        (_script("django", "events", "healthcheck"),),
+        ports=("EVENTS_PORT",),
+        start_timeout=180,
     ),
     "celery_worker": Service(
         "celery_worker",
@@ -596,9 +611,11 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("down", help="stop every service")
     sub.add_parser("ps", help="state and health of every service")
     reload_parser = sub.add_parser(
-        "reload", help="reload a service without dropping requests: web (Gunicorn) or nginx"
+        "reload", help="reload services without dropping requests: web and events (Gunicorn), nginx"
     )
-    reload_parser.add_argument("service", nargs="?", default="web", choices=["web", "nginx"])
+    reload_parser.add_argument(
+        "services", nargs="*", default=["web", "events"], choices=["web", "events", "nginx"]
+    )
     logs_parser = sub.add_parser("logs", help="follow the logs")
     logs_parser.add_argument("services", nargs="*")
     run_parser = sub.add_parser("run", help="run a command with the stack's environment")
@@ -614,8 +631,8 @@ def main(argv: list[str] | None = None) -> int:
             down(env)
         elif args.command == "ps":
             return ps(env)
-        elif args.command == "reload":  # both reload gracefully on SIGHUP
-            print(_supervisorctl(env, "signal", "HUP", args.service).strip())
+        elif args.command == "reload":  # each reloads gracefully on SIGHUP
+            print(_supervisorctl(env, "signal", "HUP", *args.services).strip())
         elif args.command == "logs":
             logs(env, args.services)
         elif args.command == "run":

@@ -277,30 +277,37 @@ def test_database_restarts_under_api_load(chaos: Chaos) -> None:
     chaos.wait_healthy()
 
 
-def web_workers(chaos: Chaos) -> set[int]:
-    master = chaos.stack.pid("web")
+def workers(chaos: Chaos, service: str) -> set[int]:
+    master = chaos.stack.pid(service)
     return {int(p) for p in Path(f"/proc/{master}/task/{master}/children").read_text().split()}
 
 
 def test_graceful_reload_under_load_fails_no_request(chaos: Chaos) -> None:
+    """`make reload` (HUP to web and events) twice, under API load and with open streams."""
     account = chaos.stack.signup("reload")
-    master, before = chaos.stack.pid("web"), web_workers(chaos)
+    services = ("web", "events")
+    masters = {s: chaos.stack.pid(s) for s in services}
+    before = {s: workers(chaos, s) for s in services}
+
+    def replaced() -> bool:
+        return not any(workers(chaos, s) & before[s] for s in services)
+
     with (
         streams_open(tabs(chaos.stack, account, 4)) as opened,
         Load(chaos.stack, "/api/jobs/", account.auth) as load,
     ):
         time.sleep(3)
-        chaos.supervisor("signal", "HUP", "web")
+        chaos.supervisor("signal", "HUP", *services)
         # Open streams end cleanly at once (the old workers do not wait for them).
         for stream in opened:
             assert stream.ended.wait(10) and stream.error is None, stream.error
-        chaos.wait(lambda: not web_workers(chaos) & before, 30, "the old workers gone")
+        chaos.wait(replaced, 30, "the old workers gone")
         time.sleep(3)
-        chaos.supervisor("signal", "HUP", "web")
+        chaos.supervisor("signal", "HUP", *services)
         time.sleep(6)
     summary = load.summary()
     assert summary["by_status"] == {"200": summary["requests"]}, summary
-    assert chaos.stack.pid("web") == master and not web_workers(chaos) & before
+    assert {s: chaos.stack.pid(s) for s in services} == masters and replaced()
     chaos.record("graceful_reload", reloads=2, load=summary, streams_ended_cleanly=len(opened),
                  load_average=load_average())  # fmt: skip
 

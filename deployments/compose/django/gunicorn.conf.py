@@ -1,16 +1,37 @@
-"""Gunicorn settings for the production web process; every knob comes from the environment."""
+"""Gunicorn settings for the production web and events processes; every knob comes from the
+environment.
+
+WEB_SERVER picks the server (README, "Web servers"):
+  wsgi  Django's WSGI handler on Gunicorn workers: every ordinary request (the default for web;
+        nginx sends the event stream to the events process instead)
+  asgi  Django's ASGI handler on Uvicorn workers (the seed's Gunicorn + Uvicorn): the events
+        process always, and web when WEB_SERVER=asgi is set for it
+"""
 
 import os
 
+SERVERS = {
+    "wsgi": ("core.wsgi:application", "sync"),
+    "asgi": ("core.asgi:application", "core.uvicorn_worker.DjangoUvicornWorker"),
+}
+server = os.environ.get("WEB_SERVER", "wsgi")
+if server not in SERVERS:
+    raise SystemExit(f"WEB_SERVER={server!r}: must be one of {', '.join(SERVERS)}")
+wsgi_app, worker_class = SERVERS[server]
+# WSGI workers serve one request at a time each unless given threads (gthread).
+threads = int(os.environ.get("WEB_THREADS", "1"))
+if server == "wsgi" and threads > 1:
+    worker_class = "gthread"
+
 _host = os.environ.get("WEB_BIND", "0.0.0.0")  # noqa: S104 - inside a container network
 bind = f"{_host}:{os.environ.get('WEB_PORT', '8000')}"
-worker_class = "core.uvicorn_worker.DjangoUvicornWorker"
 # Set explicitly: inside a container the CPU count is the host's.
 workers = int(os.environ.get("WEB_CONCURRENCY", "4"))
 timeout = int(os.environ.get("GUNICORN_TIMEOUT", "120"))
 # Below the orchestrator's stop grace period (compose stop_grace_period, supervisor stopwaitsecs).
 graceful_timeout = int(os.environ.get("GUNICORN_GRACEFUL_TIMEOUT", "25"))
-# Idle keep-alive connections of direct clients (nginx opens a new connection per request).
+# Idle keep-alive connections of direct clients (nginx opens a new connection per request;
+# sync workers do not keep connections alive).
 keepalive = 75
 # A recycled worker ends its open event streams (their tabs reconnect): recycle rarely.
 max_requests = int(os.environ.get("GUNICORN_MAX_REQUESTS", "20000"))
