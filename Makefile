@@ -14,7 +14,7 @@ SYSTEM_COMMANDS := postgres:postgresql pgbouncer:pgbouncer redis-server:redis-se
 	envsubst:gettext-base curl:curl psql:postgresql-client openssl:openssl wrk:wrk
 TEST_COMMANDS := espeak-ng:espeak-ng chromium:chromium certbot:certbot pebble:pebble
 
-.PHONY: help up dev down restart reload letsencrypt ps logs test test-chaos test-containers lint audit bench bench-tasks bench-audio manage system-deps test-deps clean
+.PHONY: help up dev down restart reload letsencrypt ps logs test test-chaos test-containers lint audit bench bench-tasks bench-startup bench-audio manage system-deps test-deps clean
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -31,7 +31,7 @@ $(UV):
 	.tools/bin/pip install -q --disable-pip-version-check uv==$(UV_VERSION)
 
 .venv/.synced: $(UV) pyproject.toml uv.lock .python-version
-	UV_PYTHON=$(PYTHON) UV_PYTHON_DOWNLOADS=never $(UV) sync --locked --quiet
+	UV_PYTHON=$(PYTHON) UV_PYTHON_DOWNLOADS=never $(UV) sync --locked --quiet --compile-bytecode
 	@touch $@
 
 up: system-deps .venv/.synced ## start the whole stack natively; returns when every service is healthy
@@ -90,6 +90,9 @@ bench: system-deps .venv/.synced ## benchmarks: the web tier (servers side by si
 
 bench-tasks: system-deps .venv/.synced ## benchmarks: Celery enqueue-to-start latency on an idle worker
 	.venv/bin/python benchmarks/task_latency.py
+
+bench-startup: system-deps .venv/.synced ## benchmarks: cold and warm start of the native stack to all-healthy
+	.venv/bin/python benchmarks/startup.py
 
 bench-audio: test-deps .venv/.synced ## benchmarks: audio processing speed and accuracy vs the ffmpeg CLI
 	.venv/bin/python benchmarks/audio_speed.py

@@ -99,7 +99,7 @@ def test_an_unhealthy_service_is_named_with_its_log_tail(tmp_path) -> None:
     )
     broken = stack.Service("web", ("true",), ("false",), start_timeout=1)
     with pytest.raises(stack.StackError) as error:
-        stack.wait_healthy(env, [broken])
+        stack.wait_healthy(env, [broken], time.monotonic())
     message = str(error.value)
     assert message.startswith("web is not healthy")
     assert "SECRET_KEY: too short" in message

@@ -507,14 +507,15 @@ def log_tail(env: dict[str, str], name: str, lines: int = 40) -> str:
     return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
 
 
-def wait_healthy(env: dict[str, str], services: list[Service]) -> None:
+def wait_healthy(env: dict[str, str], services: list[Service], since: float) -> None:
+    """Each service in turn; prints when each was found healthy, counted from `since`."""
     for service in services:
         started = time.monotonic()
         deadline = started + service.start_timeout
         while True:
             healthy, output = _run_healthcheck(service, env)
             if healthy:
-                print(f"  {service.name:<14} healthy ({time.monotonic() - started:.1f}s)")
+                print(f"  {service.name:<14} healthy at {time.monotonic() - since:.1f}s")
                 break
             state = program_states(env).get(service.name, "UNKNOWN")
             if state == "FATAL" or time.monotonic() > deadline:
@@ -552,7 +553,7 @@ def up(env: dict[str, str]) -> None:
             check=True,
         )
     print(f"Waiting for {len(services)} services (logs in {p['log']})")
-    wait_healthy(env, services)
+    wait_healthy(env, services, started)
     https = env["NGINX_HTTPS_PORT"]
     print(
         f"Stack is up in {time.monotonic() - started:.1f}s: https://localhost:{https}/ "

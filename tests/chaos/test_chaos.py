@@ -22,7 +22,7 @@ import pytest
 import redis
 
 import stack
-from audio.processing import media
+from audio.processing import encode, media
 from core.celery import app as celery_app
 from tests.audio import signals
 from tests.chaos.conftest import Chaos, Load, load_average, start_process
@@ -437,11 +437,11 @@ def test_disk_full_fails_cleanly(chaos: Chaos, tmp_path: Path) -> None:
 def test_a_hung_encoder_fails_the_job_and_the_worker_lives_on(
     chaos: Chaos, program: Path, tmp_path: Path
 ) -> None:
-    hang = Path(chaos.stack.env["STACK_DIR"]) / "hung-ffmpeg"  # where the stack's user may run it
+    hang = Path(chaos.stack.env["STACK_DIR"]) / "hung-encoder"  # where the stack's user may run it
     hang.write_text("#!/bin/sh\nexec sleep 600\n")
     hang.chmod(0o755)
     worker_service = next(s for s in stack.SERVICES if s.name == "celery_worker")
-    env = {**chaos.stack.env, "IMAGEIO_FFMPEG_EXE": str(hang)}
+    env = {**chaos.stack.env, encode.ENCODER_EXE_ENV: str(hang)}
     soft_limit = int(env["CELERY_TASK_SOFT_TIME_LIMIT"])
     chaos.supervisor("stop", "celery_worker")
     worker = start_process(list(worker_service.command), env, tmp_path / "worker.log")
