@@ -14,7 +14,7 @@ SYSTEM_COMMANDS := postgres:postgresql pgbouncer:pgbouncer redis-server:redis-se
 	envsubst:gettext-base curl:curl psql:postgresql-client openssl:openssl wrk:wrk
 TEST_COMMANDS := espeak-ng:espeak-ng chromium:chromium certbot:certbot pebble:pebble
 
-.PHONY: help up dev down restart reload letsencrypt ps logs test test-chaos test-containers lint audit bench bench-tasks bench-startup bench-audio manage system-deps test-deps clean
+.PHONY: help up dev down restart reload letsencrypt ps logs test test-chaos test-containers lint audit bench bench-tasks bench-startup bench-audio manage backup restore system-deps test-deps clean
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -61,6 +61,13 @@ logs: .venv/.synced ## follow every service's log (make logs S=web for one)
 
 manage: .venv/.synced ## run manage.py with the stack's environment (make manage ARGS="createsuperuser")
 	cd app && ../$(STACK) run -- python manage.py $(ARGS)
+
+backup: .venv/.synced ## back up the database (pg_dump -Fc) and media now, into BACKUP_DIR (var/backups)
+	$(STACK) run -- deployments/compose/backup/backup
+
+restore: .venv/.synced ## restore a backup: make restore FILE=latest ARGS=--force (or ARGS="--db NAME --media-dir DIR")
+	@test -n "$(FILE)" || { echo 'usage: make restore FILE=<backup directory, name or latest> [ARGS="--force" or "--db NAME --media-dir DIR"]' >&2; exit 1; }
+	$(STACK) run -- deployments/compose/backup/restore $(ARGS) $(FILE)
 
 lint: .venv/.synced ## ruff, shellcheck
 	.venv/bin/ruff check .

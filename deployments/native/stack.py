@@ -143,6 +143,12 @@ SERVICES = (
         ports=("NGINX_HTTP_PORT", "NGINX_HTTPS_PORT"),
         stop_signal="QUIT",  # graceful
     ),
+    Service(
+        "backup",  # pg_dump + media archive every BACKUP_INTERVAL into BACKUP_DIR
+        (_script("backup", "schedule"),),
+        (_script("backup", "healthcheck"),),
+        stop_wait=10,
+    ),
 )
 
 
@@ -451,7 +457,7 @@ def prepare_dirs(env: dict[str, str], services: list[Service]) -> None:
     # What the stack's user writes: heartbeats, Redis data, files, nginx's config, TLS, ACME.
     stack_dirs = [Path(env[name]) for name in ("HEARTBEAT_DIR", "REDIS_DATA_DIR", "STATIC_ROOT",
                                                 "MEDIA_ROOT", "NGINX_CONF_DIR", "NGINX_RUN_DIR",
-                                                "ACME_ROOT")]  # fmt: skip
+                                                "ACME_ROOT", "BACKUP_DIR")]  # fmt: skip
     stack_dirs += [Path(env["TLS_CERT"]).parent, Path(env["TLS_KEY"]).parent]
     if env.get("MAIL_DIR"):  # make dev's mail sink
         stack_dirs.append(Path(env["MAIL_DIR"]))
