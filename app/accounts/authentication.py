@@ -16,6 +16,8 @@ from redis.exceptions import RedisError
 from rest_framework.authentication import TokenAuthentication
 from rest_framework.authtoken.models import Token
 
+from core.log_context import bind_user
+
 TOKEN_CACHE_S = 60
 logger = logging.getLogger(__name__)
 
@@ -26,6 +28,11 @@ def cache_key(key: str) -> str:
 
 class CachedTokenAuthentication(TokenAuthentication):
     def authenticate_credentials(self, key: str) -> tuple[AbstractBaseUser, Token]:
+        user, token = self._lookup(key)
+        bind_user(user)  # the request's log lines name the user
+        return user, token
+
+    def _lookup(self, key: str) -> tuple[AbstractBaseUser, Token]:
         try:
             cached = cache.get(cache_key(key))
         except RedisError as exc:

@@ -7,11 +7,24 @@ from celery import Task, shared_task
 from celery.exceptions import SoftTimeLimitExceeded
 from django.db import InterfaceError, OperationalError
 
+from core import log_context
+
 # Failures worth another try: the database or the broker blinked.
 TRANSIENT = (OperationalError, InterfaceError, ConnectionError, TimeoutError)
 
 
-class JobTask(Task):
+class JobLogged(Task):
+    """A task about one job (its first argument): its log lines carry the job id."""
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        job_id = args[0] if args else kwargs.get("job_id", "")
+        with log_context.bound(job_id=str(job_id)):
+            return super().__call__(*args, **kwargs)
+
+
+class JobTask(JobLogged):
+    """Processing a job: a failure that ends the task fails the run, with a reason."""
+
     def on_failure(
         self, exc: BaseException, task_id: str, args: Any, kwargs: Any, einfo: Any
     ) -> None:
@@ -51,6 +64,7 @@ def process_job(self: Task, job_id: str) -> None:
 
 @shared_task(
     bind=True,
+    base=JobLogged,
     name="audio.send_job_notification",
     autoretry_for=(OSError, OperationalError),
     retry_backoff=10,

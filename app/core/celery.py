@@ -3,9 +3,10 @@
 import os
 import resource
 
-from celery import Celery
-from celery.signals import worker_process_init
+from celery import Celery, Task
+from celery.signals import before_task_publish, task_postrun, task_prerun, worker_process_init
 
+from core import log_context
 from health.celery_steps import WorkerHeartbeat
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "core.settings")
@@ -24,3 +25,23 @@ def limit_worker_memory(**kwargs: object) -> None:
 
     _, hard = resource.getrlimit(resource.RLIMIT_AS)
     resource.setrlimit(resource.RLIMIT_AS, (settings.AUDIO_WORKER_MEMORY_MB * 2**20, hard))
+
+
+@before_task_publish.connect
+def send_request_id(headers: dict, **kwargs: object) -> None:
+    """A task enqueued while serving a request carries that request's id."""
+    if rid := log_context.request_id.get():
+        headers.setdefault(log_context.TASK_HEADER, rid)
+
+
+@task_prerun.connect
+def bind_task(task_id: str, task: Task, **kwargs: object) -> None:
+    """The task's log lines carry its id and the id of the request that enqueued it."""
+    log_context.task_id.set(task_id)
+    log_context.request_id.set(task.request.get(log_context.TASK_HEADER) or "")
+
+
+@task_postrun.connect
+def unbind_task(**kwargs: object) -> None:
+    log_context.task_id.set("")
+    log_context.request_id.set("")

@@ -12,6 +12,8 @@ from django.core.exceptions import ImproperlyConfigured
 from environs import Env, EnvError
 from marshmallow.validate import OneOf, Range
 
+from core.logging_config import FORMATS, default_format, logging_config
+
 BASE_DIR = Path(__file__).resolve().parent.parent  # app/
 REPO_DIR = BASE_DIR.parent
 
@@ -104,6 +106,7 @@ try:
     EMAIL_URL = env.str("EMAIL_URL", "console://" if not PRODUCTION else "smtp://localhost:25")
     DEFAULT_FROM_EMAIL = env.str("DEFAULT_FROM_EMAIL", "noreply@localhost")
     LOG_LEVEL = env.log_level("LOG_LEVEL", "INFO")
+    LOG_FORMAT = env.str("LOG_FORMAT", default_format(DJANGO_ENV), validate=OneOf(FORMATS))
 except EnvError as exc:
     raise ImproperlyConfigured(f"Environment: {exc}") from exc
 
@@ -142,6 +145,7 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    "core.log_context.RequestIdMiddleware",
     "health.middleware.HealthCheckMiddleware",
     "core.middleware.DatabaseUnavailableMiddleware",
     "django.middleware.security.SecurityMiddleware",
@@ -149,6 +153,7 @@ MIDDLEWARE = [
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "core.log_context.UserIdMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "django.middleware.csp.ContentSecurityPolicyMiddleware",
@@ -333,13 +338,4 @@ CELERY_BEAT_MAX_LOOP_INTERVAL = 5
 CELERY_TIMEZONE = TIME_ZONE
 
 # Logs go to stdout/stderr; the process manager (supervisord or Docker) collects them.
-LOGGING = {
-    "version": 1,
-    "disable_existing_loggers": False,
-    "formatters": {
-        "plain": {"format": "%(asctime)s %(levelname)s %(name)s %(process)d %(message)s"},
-    },
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
-    "root": {"handlers": ["console"], "level": LOG_LEVEL},
-    "loggers": {"django.db.backends": {"level": "INFO"}},
-}
+LOGGING = logging_config(LOG_FORMAT, LOG_LEVEL, {"django.db.backends": {"level": "INFO"}})

@@ -9,6 +9,11 @@ WEB_SERVER picks the server (README, "Web servers"):
 """
 
 import os
+import sys
+
+# core.logging_config (no Django in it): Gunicorn's own lines in the app's format.
+sys.path.insert(0, os.environ.get("APP_DIR", "."))
+from core.logging_config import default_format, logging_config
 
 SERVERS = {
     "wsgi": ("core.wsgi:application", "sync"),
@@ -43,4 +48,12 @@ control_socket_disable = True
 accesslog = "-"
 errorlog = "-"
 loglevel = os.environ.get("LOG_LEVEL", "info").lower()
+logconfig_dict = logging_config(
+    os.environ.get("LOG_FORMAT") or default_format(os.environ.get("DJANGO_ENV", "development")),
+    loglevel.upper(),
+    {
+        name: {"handlers": ["console"], "propagate": False, "level": level}
+        for name, level in (("gunicorn.error", loglevel.upper()), ("gunicorn.access", "INFO"))
+    },
+)
 access_log_format = '%(h)s "%(r)s" %(s)s %(b)s %(M)sms rid=%({x-request-id}i)s'
