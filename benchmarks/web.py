@@ -57,22 +57,36 @@ from _common import (
 from open_load import open_load
 
 GUNICORN_CONF = REPO_DIR / "deployments" / "compose" / "django" / "gunicorn.conf.py"
-SERVERS = {  # key: (label, settings over the stack's, Gunicorn arguments)
-    "wsgi": ("Gunicorn sync workers (WSGI): shipped web, the reference", {}, []),
-    "wsgi_gthread": ("Gunicorn gthread workers, 4 threads (WSGI)", {"WEB_THREADS": "4"}, []),
+GUNICORN = ["-m", "gunicorn", "--config", str(GUNICORN_CONF), "--chdir", str(REPO_DIR / "app")]
+# Granian (a Rust HTTP server), as many workers as web (GRANIAN_WORKERS, GRANIAN_PORT below).
+GRANIAN = ["-m", "granian", "--working-dir", str(REPO_DIR / "app"), "--host", "127.0.0.1",
+           "--no-access-log", "--no-ws"]  # fmt: skip
+SERVERS = {  # key: (label, settings over the stack's, server command after python)
+    "wsgi": ("Gunicorn sync workers (WSGI): the reference", {}, GUNICORN),
+    "wsgi_gthread": ("Gunicorn gthread workers, 4 threads", {"WEB_THREADS": "4"}, GUNICORN),
     "asgi": (
         "Gunicorn + Uvicorn workers (WEB_SERVER=asgi, the seed's)",
         {"WEB_SERVER": "asgi"},
-        [],
+        GUNICORN,
     ),
     # The same server with Django's own ASGI handler (a hop per sync middleware hook).
     "asgi_django": (
         "Gunicorn + Uvicorn, Django's own ASGI handler",
         {"WEB_SERVER": "asgi"},
-        ["django.core.asgi:get_asgi_application()"],
+        [*GUNICORN, "django.core.asgi:get_asgi_application()"],
+    ),
+    "granian_wsgi": (
+        "Granian, WSGI",
+        {},
+        [*GRANIAN, "--interface", "wsgi", "core.wsgi:application"],
+    ),
+    "granian_asgi": (
+        "Granian, ASGI",
+        {},
+        [*GRANIAN, "--interface", "asgi", "core.asgi:application"],
     ),
 }
-DIRECT_PORTS = {"wsgi": 28211, "wsgi_gthread": 28214, "asgi": 28212, "asgi_django": 28213}
+DIRECT_PORTS = dict(zip(SERVERS, range(28211, 28211 + len(SERVERS)), strict=True))
 EDGE_API = "nginx api (shipped)"
 STACK_VARIANTS = {
     "nginx api, web WEB_SERVER=asgi (the seed's)": {"WEB_SERVER": "asgi"},
@@ -113,16 +127,8 @@ def servers(env: dict[str, str], log_dir: Path) -> Iterator[None]:
     started = []
     try:
         for key, (_, settings, args) in SERVERS.items():
-            command = [
-                stack_python(),
-                "-m",
-                "gunicorn",
-                "--config",
-                str(GUNICORN_CONF),
-                "--chdir",
-                str(REPO_DIR / "app"),
-                *args,
-            ]
+            port = str(DIRECT_PORTS[key])
+            command = [stack_python(), *args]
             log = (log_dir / f"bench-{key}.log").open("ab")
             started.append(
                 subprocess.Popen(
@@ -135,7 +141,9 @@ def servers(env: dict[str, str], log_dir: Path) -> Iterator[None]:
                     env={
                         **env,
                         **settings,
-                        "WEB_PORT": str(DIRECT_PORTS[key]),
+                        "WEB_PORT": port,
+                        "GRANIAN_PORT": port,
+                        "GRANIAN_WORKERS": env["WEB_CONCURRENCY"],
                         "DJANGO_SETTINGS_MODULE": "core.settings",
                     },
                     stdout=log,
