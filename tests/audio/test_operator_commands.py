@@ -10,6 +10,7 @@ import uuid
 from datetime import timedelta
 from io import StringIO
 
+import kombu
 import pytest
 from django.core.management import CommandError, call_command
 from django.utils import timezone
@@ -391,6 +392,21 @@ def test_stats_json_counts_jobs_work_users_storage_and_queue(
 
     human = run("stats")
     assert "Queue: 3 tasks waiting" in human and "Jobs" in human and "processing" in human
+
+
+def test_stats_tells_waiting_from_delivered_tasks(broker_queue) -> None:
+    for _ in range(3):
+        waiting_in_broker(broker_queue, str(uuid.uuid4()))
+    before = stats_json()["queue"]
+    with celery_app.connection_for_read() as connection, connection.channel() as channel:
+        # As a worker receives a task: out of the queue, into kombu's unacknowledged set.
+        message = kombu.Queue(broker_queue, channel=channel).get(no_ack=False)
+        try:
+            during = stats_json()["queue"]
+        finally:
+            message.ack()
+    assert before["waiting"] == 3 and during["waiting"] == 2
+    assert during["unacknowledged"] == before["unacknowledged"] + 1
 
 
 def test_stats_measures_the_disk(user, tmp_path, settings) -> None:
