@@ -12,6 +12,7 @@ from django.core.exceptions import ImproperlyConfigured
 from environs import Env, EnvError
 from marshmallow.validate import OneOf, Range
 
+from core.error_reporting import init_sentry, mail_admins_on_errors
 from core.logging_config import FORMATS, default_format, logging_config
 
 BASE_DIR = Path(__file__).resolve().parent.parent  # app/
@@ -52,6 +53,14 @@ try:
     UPLOAD_MAX_MB = env.int("UPLOAD_MAX_MB", 200, validate=Range(min=1, max=4096))
 
     DIAGNOSTICS_TOKEN = env.str("DIAGNOSTICS_TOKEN", "")
+    # Errors: Sentry when SENTRY_DSN is set, else mail to ADMINS (a list of addresses) if any.
+    SENTRY_DSN = env.str("SENTRY_DSN", "")
+    SENTRY_ENVIRONMENT = env.str("SENTRY_ENVIRONMENT", DJANGO_ENV)
+    SENTRY_RELEASE = env.str("SENTRY_RELEASE", "")  # e.g. the deployed commit
+    SENTRY_TRACES_SAMPLE_RATE = env.float(
+        "SENTRY_TRACES_SAMPLE_RATE", 0.0, validate=Range(min=0.0, max=1.0)
+    )
+    ADMINS = env.list("ADMINS", [])
     # Client networks whose /readyz answers show each component's latency and error.
     READYZ_DETAIL_FROM = env.list(
         "READYZ_DETAIL_FROM",
@@ -339,3 +348,7 @@ CELERY_TIMEZONE = TIME_ZONE
 
 # Logs go to stdout/stderr; the process manager (supervisord or Docker) collects them.
 LOGGING = logging_config(LOG_FORMAT, LOG_LEVEL, {"django.db.backends": {"level": "INFO"}})
+
+_reporting = init_sentry(SENTRY_DSN, SENTRY_ENVIRONMENT, SENTRY_RELEASE, SENTRY_TRACES_SAMPLE_RATE)
+if ADMINS and not _reporting:
+    mail_admins_on_errors(LOGGING)

@@ -13,3 +13,12 @@ def ping(value: str) -> str:
 def clock() -> float:
     """The time a worker started this task (benchmarks/task_latency.py: enqueue to start)."""
     return time.time()
+
+
+class DiagnosticError(RuntimeError):
+    """Raised on purpose (diagnostics/error): proves errors reach Sentry or the admins' mail."""
+
+
+@shared_task(name="health.fail")
+def fail(reference: str) -> None:
+    raise DiagnosticError(f"a task failed on purpose (diagnostics/error, {reference})")

@@ -8,4 +8,5 @@ urlpatterns = [
     path("diagnostics/database", views.diagnostics_database, name="diagnostics-database"),
     path("diagnostics/request", views.diagnostics_request, name="diagnostics-request"),
     path("diagnostics/task", views.diagnostics_task, name="diagnostics-task"),
+    path("diagnostics/error", views.diagnostics_error, name="diagnostics-error"),
 ]

@@ -12,7 +12,7 @@ from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET
 
 from .checks import run_readiness_checks
-from .tasks import ping
+from .tasks import DiagnosticError, fail, ping
 
 TASK_ROUNDTRIP_TIMEOUT_SECONDS = 10.0
 
@@ -98,3 +98,16 @@ async def diagnostics_task(request: HttpRequest) -> JsonResponse:
             )
         await asyncio.sleep(0.05)
     return JsonResponse({"ok": False, "task_id": result.id, "error": "timed out"}, status=504)
+
+
+@never_cache
+@require_GET
+def diagnostics_error(request: HttpRequest) -> JsonResponse:
+    """An unhandled error on purpose, in this view or (?in=task) in a task: what an operator
+    runs to see that error reporting works (README, "Errors")."""
+    _require_diagnostics_token(request)
+    reference = uuid.uuid4().hex
+    if request.GET.get("in") == "task":
+        result = fail.delay(reference)
+        return JsonResponse({"task_id": result.id, "reference": reference}, status=202)
+    raise DiagnosticError(f"a view failed on purpose (diagnostics/error, {reference})")
