@@ -116,7 +116,7 @@ def test_a_view_error_and_a_task_error_reach_sentry(
         event = sentry.wait_for(reference)
         assert event["exception"]["values"][-1]["type"] == "DiagnosticError"
         assert (event["environment"], event["release"]) == ("production", "core@test")
-        assert event["contexts"]["celery"]["task_name"] == "health.fail"
+        assert event["exception"]["values"][-1]["mechanism"]["type"] == "celery"
     finally:
         for process in (web, worker):
             process.terminate()
