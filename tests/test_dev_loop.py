@@ -106,7 +106,9 @@ def test_a_changed_task_reaches_the_worker(dev_stack, monkeypatch) -> None:
     # stack's.
     monkeypatch.delenv("CELERY_BROKER_URL")
     monkeypatch.delenv("CELERY_RESULT_BACKEND")
-    app = Celery(broker=dev_stack["CELERY_BROKER_URL"], backend=dev_stack["CELERY_RESULT_BACKEND"])
+    # Not the current app: shared tasks sent later in this process must keep the test stack's.
+    app = Celery(broker=dev_stack["CELERY_BROKER_URL"], backend=dev_stack["CELERY_RESULT_BACKEND"],
+                 set_as_current=False)  # fmt: skip
     probe = uuid.uuid4().hex[:8]
     restore = edited(REPO_DIR / "app" / "health" / "tasks.py", "    return value\n",
                      f'    return value + "{probe}"\n')  # fmt: skip
