@@ -1,6 +1,6 @@
 """What a log line is about: the request (nginx's X-Request-Id), the user, the Celery task and the
 audio job. Each lives in a context variable, set where it becomes known (RequestIdMiddleware,
-authentication, the task signals in core.celery, the job pipeline), and ContextFilter adds them
+authentication, the task signals in core.celery, the job tasks), and ContextFilter adds them
 to every log record, so each JSON log line carries them (README, "Logs").
 
 The request id also rides along in the headers of every task a request enqueues: the worker's
