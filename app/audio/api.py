@@ -39,6 +39,9 @@ def protected_file(path: Path, content_type: str, download_name: str | None = No
     return response
 
 
+JSON = "application/json"
+
+
 def _cache_get(key: str) -> object | None:
     try:
         return cache.get(key)
@@ -96,15 +99,18 @@ class JobViewSet(
     @extend_schema(
         parameters=[OpenApiParameter("status", str, enum=list(Job.Status.values))],
     )
-    def list(self, request: Request, *args: object, **kwargs: object) -> Response:
-        """A page is read once per change of the user's jobs and then served from the cache."""
+    def list(self, request: Request, *args: object, **kwargs: object) -> HttpResponse:
+        """A page is read once per change of the user's jobs and then served from the cache, as
+        the JSON bytes sent (rendering the page was a sixth of the read's time)."""
+        if request.accepted_renderer.format != "json":  # the browsable API renders its own
+            return super().list(request, *args, **kwargs)
         key = events.list_cache_key(request.user.pk, request.build_absolute_uri())
-        if key is not None and (page := _cache_get(key)) is not None:
-            return Response(page)
-        response = super().list(request, *args, **kwargs)
+        if key is not None and (body := _cache_get(key)) is not None:
+            return HttpResponse(body, content_type=JSON)
+        body = request.accepted_renderer.render(super().list(request, *args, **kwargs).data)
         if key is not None:
-            _cache_set(key, response.data)
-        return response
+            _cache_set(key, body)
+        return HttpResponse(body, content_type=JSON)
 
     @extend_schema(
         request={"multipart/form-data": UploadSerializer}, responses={202: JobSerializer}

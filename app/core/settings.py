@@ -211,7 +211,7 @@ _db["TEST"] = {"NAME": env.str("DATABASE_TEST_NAME", f"test_{_db['NAME']}")}
 
 CACHES = {
     "default": {
-        "BACKEND": "django.core.cache.backends.redis.RedisCache",
+        "BACKEND": "core.cache.ReusedClientRedisCache",
         "LOCATION": CACHE_URL,
         "KEY_PREFIX": "core",
         "TIMEOUT": 300,

@@ -92,3 +92,13 @@ def test_a_cached_token_of_a_deactivated_user_stops_working_at_once() -> None:
     user.is_active = False
     user.save()
     assert client.get("/api/jobs/").status_code == 401
+
+
+def test_the_cached_page_is_json_and_the_browsable_api_still_renders() -> None:
+    user = make_user("browser")
+    client = token_client(user)
+    add_jobs(user, 1)
+    first, cached = client.get("/api/jobs/"), client.get("/api/jobs/")
+    assert cached["Content-Type"] == "application/json" and cached.content == first.content
+    page = client.get("/api/jobs/", HTTP_ACCEPT="text/html")
+    assert page.status_code == 200 and page["Content-Type"].startswith("text/html")
