@@ -51,6 +51,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--demuxer", required=True)
     parser.add_argument("--gain-db", type=float, required=True)
     parser.add_argument("--limit", type=float, required=True, help="limiter level, linear")
+    parser.add_argument(
+        "--oversample",
+        type=int,
+        default=1,
+        help="run the limiter at this multiple of the output rate (true peaks)",
+    )
     parser.add_argument("--codec", required=True)
     parser.add_argument("--muxer", required=True)
     parser.add_argument("--rate", type=int, help="output sample rate (default: the source's)")
@@ -120,10 +126,21 @@ def _graph(
     )  # fmt: skip
     # The encoder's sample format, rate and layout: FFmpeg inserts the resampler it needs.
     negotiate = f"sample_fmts={encoder.format.name}:sample_rates={rate}:channel_layouts={layout}"
+    limiter = [graph.add("alimiter", LIMITER.format(limit=args.limit))]
+    if args.oversample > 1:
+        # A true-peak limiter: the output rate first (its inter-sample peaks are the ones that
+        # count), then the limiter on N times as many samples, which holds the peaks between
+        # the output's samples too, and back down.
+        limiter = [
+            graph.add("aresample", f"{rate}"),
+            graph.add("aresample", f"{rate * args.oversample}"),
+            *limiter,
+            graph.add("aresample", f"{rate}"),
+        ]
     chain = [
         source,
         graph.add("volume", f"volume={args.gain_db:.3f}dB"),
-        graph.add("alimiter", LIMITER.format(limit=args.limit)),
+        *limiter,
         graph.add("aformat", negotiate),
         graph.add("abuffersink"),
     ]
