@@ -71,16 +71,6 @@ BASELINE_TIMEOUT_S = 1800
 LOUDNORM_LRA = 11
 PROGRAM_BLOCK_S = 12.0
 SPEECH_GAP_S = 0.4
-SPEECH_TEXTS = (
-    "Welcome back to the show. Today we talk about loudness, and why every episode should sit "
-    "at the same level, so that nobody has to reach for the volume knob between two programmes.",
-    "Loudness is measured in LUFS, loudness units relative to full scale. The integrated value "
-    "is gated, so long pauses and quiet passages do not drag the average down.",
-    "The true peak is the highest level of the signal between the samples. A lossy encoder can "
-    "raise it, which is why a ceiling of minus one decibel leaves room for the codec.",
-    "Short questions. Long answers that wander a little before they come to the point. Then a "
-    "laugh, a pause, and a very quiet aside that the microphone almost missed.",
-)
 
 METHODS = ("pipeline", "loudnorm", "encode_only", "loudnorm2")
 METHOD_LABELS = {
@@ -139,7 +129,7 @@ def speech_samples(seconds: float, workdir: Path) -> tuple[np.ndarray, int]:
     """espeak-ng sentences with short pauses, repeated until at least `seconds` long."""
     clips: list[np.ndarray] = []
     rate = 0
-    for index, text in enumerate(SPEECH_TEXTS):
+    for index, text in enumerate(signals.SPEECH_TEXTS):
         clip, rate = read_wav(signals.speech(text, workdir / f"speech-{index}.wav"))
         clips.append(clip)
     gap = np.zeros((int(SPEECH_GAP_S * rate), clips[0].shape[1]), dtype=np.float32)

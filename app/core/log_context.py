@@ -11,11 +11,12 @@ import contextvars
 import logging
 import re
 import uuid
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Iterator
 from contextlib import contextmanager
 
-from asgiref.sync import iscoroutinefunction, markcoroutinefunction
 from django.http import HttpRequest, HttpResponseBase
+
+from core.middleware import HybridMiddleware
 
 request_id: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="")
 user_id: contextvars.ContextVar[int | None] = contextvars.ContextVar("user_id", default=None)
@@ -55,23 +56,7 @@ class ContextFilter(logging.Filter):
         return True
 
 
-class _HybridMiddleware:
-    """Sync or async, as the chain it is in."""
-
-    async_capable = True
-    sync_capable = True
-
-    def __init__(
-        self,
-        get_response: Callable[[HttpRequest], HttpResponseBase | Awaitable[HttpResponseBase]],
-    ) -> None:
-        self.get_response = get_response
-        self.is_async = iscoroutinefunction(get_response)
-        if self.is_async:
-            markcoroutinefunction(self)
-
-
-class RequestIdMiddleware(_HybridMiddleware):
+class RequestIdMiddleware(HybridMiddleware):
     """Binds the request id (nginx's X-Request-Id, or a new one) for the request and returns it
     in the response."""
 
@@ -92,7 +77,7 @@ class RequestIdMiddleware(_HybridMiddleware):
         return response
 
 
-class UserIdMiddleware(_HybridMiddleware):
+class UserIdMiddleware(HybridMiddleware):
     """Binds the session's user (after AuthenticationMiddleware); token users are bound by
     their authentication class."""
 

@@ -4,30 +4,21 @@ Probes come from the orchestrator on whatever address it uses (127.0.0.1, a cont
 one of ALLOWED_HOSTS, and must not be redirected to HTTPS or touch the session store.
 """
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable
 
-from asgiref.sync import async_to_sync, iscoroutinefunction, markcoroutinefunction
+from asgiref.sync import async_to_sync
 from django.http import HttpRequest, HttpResponse
+
+from core.middleware import HybridMiddleware
 
 from . import views
 
 PROBES = {"/healthz": views.healthz, "/readyz": views.readyz}
 
 
-class HealthCheckMiddleware:
+class HealthCheckMiddleware(HybridMiddleware):
     """Async under ASGI (core.asgi sends the probes down the async chain); sync in a sync chain
-    (the WSGI reference server, and core.asgi's chain for sync views, which probes never reach)."""
-
-    async_capable = True
-    sync_capable = True
-
-    def __init__(
-        self, get_response: Callable[[HttpRequest], HttpResponse | Awaitable[HttpResponse]]
-    ) -> None:
-        self.get_response = get_response
-        self.is_async = iscoroutinefunction(get_response)
-        if self.is_async:
-            markcoroutinefunction(self)
+    (web's WSGI workers, and core.asgi's chain for sync views, which probes never reach)."""
 
     def __call__(self, request: HttpRequest) -> HttpResponse | Awaitable[HttpResponse]:
         if self.is_async:

@@ -11,6 +11,7 @@ from django.utils import timezone
 from accounts.models import EmailAddress
 from audio import tasks
 from audio.models import Job
+from core.celery import app as celery_app
 
 
 def make_user(name: str = "olga", verified: bool = True) -> AbstractBaseUser:
@@ -45,3 +46,18 @@ def queued(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, str]]:
         tasks.process_job, "apply_async", lambda args, task_id: sent.append((args[0], task_id))
     )
     return sent
+
+
+@pytest.fixture
+def broker_queue(settings):
+    """A queue of its own on the test stack's broker, which no worker reads."""
+    settings.CELERY_TASK_DEFAULT_QUEUE = f"test-queue-{uuid.uuid4().hex[:8]}"
+    yield settings.CELERY_TASK_DEFAULT_QUEUE
+    with celery_app.connection_for_write() as connection:
+        connection.default_channel.client.delete(settings.CELERY_TASK_DEFAULT_QUEUE)
+
+
+def waiting_in_broker(queue: str, task_id: str, job_id: object = None) -> None:
+    """A task message for a job, waiting in `queue` (no worker takes it)."""
+    args = (str(job_id or uuid.uuid4()),)
+    celery_app.send_task("audio.process_job", args, task_id=task_id, queue=queue)

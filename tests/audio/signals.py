@@ -41,6 +41,19 @@ def program(seconds: float = 12, rate: int = RATE, seed: int = 1) -> np.ndarray:
     return np.stack([left, left * 0.7], axis=1)
 
 
+# Spoken material for speech() (the audio benchmark's and the processing tests').
+SPEECH_TEXTS = (
+    "Welcome back to the show. Today we talk about loudness, and why every episode should sit "
+    "at the same level, so that nobody has to reach for the volume knob between two programmes.",
+    "Loudness is measured in LUFS, loudness units relative to full scale. The integrated value "
+    "is gated, so long pauses and quiet passages do not drag the average down.",
+    "The true peak is the highest level of the signal between the samples. A lossy encoder can "
+    "raise it, which is why a ceiling of minus one decibel leaves room for the codec.",
+    "Short questions. Long answers that wander a little before they come to the point. Then a "
+    "laugh, a pause, and a very quiet aside that the microphone almost missed.",
+)
+
+
 def speech(text: str, dest: Path) -> Path:
     """espeak-ng speech as WAV (mono 22.05 kHz)."""
     binary = shutil.which("espeak-ng")

@@ -20,22 +20,9 @@ from audio.permissions import UploadThrottle
 from audio.services import housekeeping, jobs, notifications
 from core import broker
 from core.celery import app as celery_app
-from tests.audio.conftest import make_job
+from tests.audio.conftest import make_job, waiting_in_broker
 
 pytestmark = pytest.mark.django_db(transaction=True)
-
-
-@pytest.fixture
-def broker_queue(settings):
-    """A queue of its own on the test stack's broker, which no worker reads."""
-    settings.CELERY_TASK_DEFAULT_QUEUE = f"test-backlog-{uuid.uuid4().hex[:8]}"
-    yield settings.CELERY_TASK_DEFAULT_QUEUE
-    with celery_app.connection_for_write() as connection:
-        connection.default_channel.client.delete(settings.CELERY_TASK_DEFAULT_QUEUE)
-
-
-def waiting_in_broker(queue: str, job: Job) -> None:
-    celery_app.send_task("audio.process_job", (str(job.pk),), task_id=job.task_id, queue=queue)
 
 
 def test_purge_removes_files_of_expired_jobs_only(user, tmp_path, settings) -> None:
@@ -90,8 +77,8 @@ def test_recovery_requeues_only_jobs_whose_task_is_gone(
     lost = job("queued")  # its message never reached the broker (or the broker lost it)
     backlog = job("queued")  # waits its turn in a long queue: must not get a second task
     redelivered = job("processing", attempts=1, heartbeat_at=long_ago)  # back in the queue
-    waiting_in_broker(broker_queue, backlog)
-    waiting_in_broker(broker_queue, redelivered)
+    waiting_in_broker(broker_queue, backlog.task_id, backlog.pk)
+    waiting_in_broker(broker_queue, redelivered.task_id, redelivered.pk)
 
     for _sweep in range(3):  # every sweep, not only the first, leaves waiting tasks alone
         result = housekeeping.recover_stuck_jobs()

@@ -18,7 +18,7 @@ from django.utils import timezone
 from audio.models import Job, Rendition
 from audio.services import notifications
 from core.celery import app as celery_app
-from tests.audio.conftest import make_job, make_user
+from tests.audio.conftest import make_job, make_user, waiting_in_broker
 from tests.stack_env import REPO_DIR
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -38,19 +38,6 @@ def fails(command: str, *args: str) -> tuple[int, str, str]:
     with pytest.raises(CommandError) as error:
         call_command(command, *args, stdout=out, stderr=StringIO())
     return error.value.returncode, str(error.value), out.getvalue()
-
-
-@pytest.fixture
-def broker_queue(settings):
-    """A queue of its own on the test stack's broker, which no worker reads."""
-    settings.CELERY_TASK_DEFAULT_QUEUE = f"test-ops-{uuid.uuid4().hex[:8]}"
-    yield settings.CELERY_TASK_DEFAULT_QUEUE
-    with celery_app.connection_for_write() as connection:
-        connection.default_channel.client.delete(settings.CELERY_TASK_DEFAULT_QUEUE)
-
-
-def waiting_in_broker(queue: str, task_id: str) -> None:
-    celery_app.send_task("audio.process_job", (str(uuid.uuid4()),), task_id=task_id, queue=queue)
 
 
 def snapshot(*jobs: Job) -> list[tuple]:

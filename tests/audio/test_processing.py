@@ -104,22 +104,10 @@ def test_limited_speech_gets_its_gain_from_raw_pcm_and_encodes_once(tmp_path) ->
     assert rendition.within_target and rendition.encodes == 1, rendition
 
 
-SPEECH_TEXTS = (
-    "Welcome back to the show. Today we talk about loudness, and why every episode should sit "
-    "at the same level, so that nobody has to reach for the volume knob between two programmes.",
-    "Loudness is measured in LUFS, loudness units relative to full scale. The integrated value "
-    "is gated, so long pauses and quiet passages do not drag the average down.",
-    "The true peak is the highest level of the signal between the samples. A lossy encoder can "
-    "raise it, which is why a ceiling of minus one decibel leaves room for the codec.",
-    "Short questions. Long answers that wander a little before they come to the point. Then a "
-    "laugh, a pause, and a very quiet aside that the microphone almost missed.",
-)  # the benchmark's speech (benchmarks/audio_speed.py)
-
-
 def long_speech(tmp_path, kind: str) -> tuple:
     """About 40 s of espeak-ng speech (mono 22.05 kHz) as `kind`, and its analysis."""
     clips = []
-    for index, text in enumerate(SPEECH_TEXTS):
+    for index, text in enumerate(signals.SPEECH_TEXTS):
         with av.open(str(signals.speech(text, tmp_path / f"s{index}.wav"))) as wav:
             clips += [f.to_ndarray().reshape(-1, 1) for f in wav.decode(audio=0)]
     samples = np.concatenate(clips).astype(np.float32) / 32768
