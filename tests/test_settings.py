@@ -46,6 +46,8 @@ def test_production_settings_load() -> None:
         ("DATABASE_POOL_MAX_SIZE", "-1", "DATABASE_POOL_MAX_SIZE"),
         ("DJANGO_ENV", "staging", "DJANGO_ENV"),
         ("CELERY_TASK_SOFT_TIME_LIMIT", "9999", "CELERY_TASK_SOFT_TIME_LIMIT"),
+        ("LOG_FORMAT", "xml", "LOG_FORMAT"),
+        ("SENTRY_TRACES_SAMPLE_RATE", "2", "SENTRY_TRACES_SAMPLE_RATE"),
     ],
 )
 def test_bad_production_env_names_the_variable(variable: str, value: str, message: str) -> None:
