@@ -7,11 +7,14 @@ SHELL := /usr/bin/env bash
 UV_VERSION := 0.13.9
 UV := .tools/bin/uv
 PYTHON := $(shell command -v python$$(cat .python-version) 2>/dev/null)
-STACK := .venv/bin/python deployments/native/stack.py
+STACK := $(CURDIR)/.venv/bin/python $(CURDIR)/deployments/native/stack.py
 # Commands the native stack runs, and the Debian packages that provide them; then what only the
 # tests need (speech for test audio, a browser for the page tests).
 SYSTEM_COMMANDS := postgres:postgresql pgbouncer:pgbouncer redis-server:redis-server nginx:nginx-light \
-	envsubst:gettext-base curl:curl psql:postgresql-client openssl:openssl wrk:wrk
+	envsubst:gettext-base curl:curl psql:postgresql-client openssl:openssl wrk:wrk \
+	prometheus:prometheus promtool:prometheus prometheus-postgres-exporter:prometheus-postgres-exporter \
+	prometheus-redis-exporter:prometheus-redis-exporter prometheus-nginx-exporter:prometheus-nginx-exporter \
+	prometheus-node-exporter:prometheus-node-exporter
 TEST_COMMANDS := espeak-ng:espeak-ng chromium:chromium certbot:certbot pebble:pebble
 
 .PHONY: help up dev down restart reload letsencrypt ps logs test test-chaos test-containers lint audit bench bench-tasks bench-startup bench-audio manage backup restore system-deps test-deps clean
@@ -21,6 +24,7 @@ help: ## list the targets
 
 system-deps: ## install the Debian packages the native stack runs (as root)
 	deployments/native/system-packages $(SYSTEM_COMMANDS)
+	deployments/native/pgbouncer-exporter
 
 test-deps: system-deps ## and those only the tests need
 	deployments/native/system-packages $(TEST_COMMANDS)
@@ -60,7 +64,7 @@ logs: .venv/.synced ## follow every service's log (make logs S=web for one)
 	$(STACK) logs $(S)
 
 manage: .venv/.synced ## run manage.py with the stack's environment (make manage ARGS="createsuperuser")
-	cd app && ../$(STACK) run -- python manage.py $(ARGS)
+	cd app && $(STACK) run -- python manage.py $(ARGS)
 
 backup: .venv/.synced ## back up the database (pg_dump -Fc) and media now, into BACKUP_DIR (var/backups)
 	$(STACK) run -- deployments/compose/backup/backup

@@ -33,6 +33,8 @@ DEV_STACK = {  # ports of its own: the test stack (var/test) is running beside i
     "WEB_PORT": "28400",
     "EVENTS_PORT": "28401",
     "FLOWER_PORT": "25955",
+    "WORKER_METRICS_PORT": "30208",
+    "NGINX_STATUS_PORT": "28481",
     "NGINX_HTTP_PORT": "9380",
     "NGINX_HTTPS_PORT": "9743",
     "MAIL_PORT": "26125",

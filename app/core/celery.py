@@ -4,7 +4,13 @@ import os
 import resource
 
 from celery import Celery, Task
-from celery.signals import before_task_publish, task_postrun, task_prerun, worker_process_init
+from celery.signals import (
+    before_task_publish,
+    task_postrun,
+    task_prerun,
+    worker_init,
+    worker_process_init,
+)
 
 from core import log_context
 from health.celery_steps import WorkerHeartbeat
@@ -25,6 +31,17 @@ def limit_worker_memory(**kwargs: object) -> None:
 
     _, hard = resource.getrlimit(resource.RLIMIT_AS)
     resource.setrlimit(resource.RLIMIT_AS, (settings.AUDIO_WORKER_MEMORY_MB * 2**20, hard))
+
+
+@worker_init.connect
+def serve_metrics(**kwargs: object) -> None:
+    """The worker's Prometheus endpoint, in its main process (core.metrics)."""
+    from django.conf import settings
+
+    from core.metrics import serve_worker_metrics
+
+    if settings.WORKER_METRICS_PORT:
+        serve_worker_metrics(settings.WORKER_METRICS_PORT, settings.WORKER_METRICS_BIND)
 
 
 @before_task_publish.connect

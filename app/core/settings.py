@@ -61,6 +61,10 @@ try:
         "SENTRY_TRACES_SAMPLE_RATE", 0.0, validate=Range(min=0.0, max=1.0)
     )
     ADMINS = env.list("ADMINS", [])
+    # The worker's Prometheus endpoint (its main process serves what every pool process counted);
+    # 0 turns it off. web and events serve /metrics on their own port (README, "Metrics").
+    WORKER_METRICS_PORT = env.int("WORKER_METRICS_PORT", 9808, validate=Range(min=0, max=65535))
+    WORKER_METRICS_BIND = env.str("WORKER_METRICS_BIND", "0.0.0.0")  # noqa: S104 - in a container
     # Client networks whose /readyz answers show each component's latency and error.
     READYZ_DETAIL_FROM = env.list(
         "READYZ_DETAIL_FROM",
@@ -147,6 +151,7 @@ INSTALLED_APPS = [
     "rest_framework.authtoken",
     "drf_spectacular",
     "drf_spectacular_sidecar",
+    "django_prometheus",
     "core",
     "health",
     "accounts",
@@ -154,6 +159,8 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    # Request count and latency by view, method and status (README, "Metrics"): first and last.
+    "django_prometheus.middleware.PrometheusBeforeMiddleware",
     "core.log_context.RequestIdMiddleware",
     "health.middleware.HealthCheckMiddleware",
     "core.middleware.DatabaseUnavailableMiddleware",
@@ -166,6 +173,7 @@ MIDDLEWARE = [
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "django.middleware.csp.ContentSecurityPolicyMiddleware",
+    "django_prometheus.middleware.PrometheusAfterMiddleware",
 ]
 
 ROOT_URLCONF = "core.urls"
@@ -188,6 +196,8 @@ TEMPLATES = [
 
 # Database: the app talks to PgBouncer (transaction mode); see README, "Database connections".
 _db = DATABASES["default"]
+if _db["ENGINE"] == "django.db.backends.postgresql":  # the same backend, counting its queries
+    _db["ENGINE"] = "django_prometheus.db.backends.postgresql"
 _db["CONN_MAX_AGE"] = DATABASE_CONN_MAX_AGE
 # With the pool this is psycopg_pool's check on checkout: a connection broken by a PgBouncer or
 # PostgreSQL restart is replaced, never handed to a request.
@@ -220,6 +230,8 @@ CACHES = {
 }
 
 SESSION_ENGINE = "django.contrib.sessions.backends.cached_db"
+# django-prometheus would read the migration table at start-up: a start must not need the database.
+PROMETHEUS_EXPORT_MIGRATIONS = False
 
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},

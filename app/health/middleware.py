@@ -1,7 +1,9 @@
-"""Answer liveness and readiness probes before host validation, redirects and sessions.
+"""Answer liveness and readiness probes, and Prometheus's scrape, before host validation,
+redirects and sessions.
 
 Probes come from the orchestrator on whatever address it uses (127.0.0.1, a container IP), not
-one of ALLOWED_HOSTS, and must not be redirected to HTTPS or touch the session store.
+one of ALLOWED_HOSTS, and must not be redirected to HTTPS or touch the session store; so does
+Prometheus (nginx never routes /metrics: it is reached on web's own port only).
 """
 
 from collections.abc import Awaitable
@@ -9,11 +11,12 @@ from collections.abc import Awaitable
 from asgiref.sync import async_to_sync
 from django.http import HttpRequest, HttpResponse
 
+from core.metrics import metrics_view
 from core.middleware import HybridMiddleware
 
 from . import views
 
-PROBES = {"/healthz": views.healthz, "/readyz": views.readyz}
+PROBES = {"/healthz": views.healthz, "/readyz": views.readyz, "/metrics": metrics_view}
 
 
 class HealthCheckMiddleware(HybridMiddleware):

@@ -194,6 +194,11 @@ def load_env() -> dict[str, str]:
     env.setdefault(
         "STACK_MODE", mode_file.read_text().strip() if mode_file.exists() else "production"
     )
+    # Likewise whether it runs the monitoring services (make up MONITORING=1).
+    monitoring_file = state / "run" / "monitoring"
+    env.setdefault(
+        "MONITORING", monitoring_file.read_text().strip() if monitoring_file.exists() else "0"
+    )
     dev = [DEV_FILE] if env.get("STACK_MODE") == "dev" else []
     for path in (user_file, secrets_file, *dev, DEFAULTS_FILE):
         if not path.exists():
@@ -265,6 +270,28 @@ DEV_SERVICES = {
         start_timeout=120,
     ),
 }
+# `make up MONITORING=1`: Prometheus (with the alert rules) and an exporter per server, all from
+# Debian's packages, run by the same scripts as compose's `monitoring` profile.
+_MONITOR = COMPOSE_DIR / "monitoring"
+MONITORING_SERVICES = [
+    Service(
+        "prometheus",
+        (str(_MONITOR / "prometheus"),),
+        (str(_MONITOR / "prometheus"), "check"),
+        ports=("PROMETHEUS_PORT",),
+        stop_wait=15,
+    ),
+    *(
+        Service(
+            f"{kind}_exporter",
+            (str(_MONITOR / "exporter"), kind),
+            (str(_MONITOR / "exporter"), kind, "check"),
+            ports=(f"{kind.upper()}_EXPORTER_PORT",),
+            stop_wait=5,
+        )
+        for kind in ("postgres", "pgbouncer", "redis_broker", "redis_cache", "nginx", "node")
+    ),
+]
 MAIL_SINK = Service(
     "mail",
     (str(Path(__file__).resolve().parent / "mail-sink"),),
@@ -285,6 +312,8 @@ def services_for(env: dict[str, str]) -> list[Service]:
     services = [s for s in SERVICES if s.name not in skip]
     if env.get("STACK_MODE") == "dev":
         services = [DEV_SERVICES.get(s.name, s) for s in services] + [MAIL_SINK]
+    if env.get("MONITORING") == "1":
+        services += [s for s in MONITORING_SERVICES if s.name[: -len("_exporter")] not in skip]
     return services
 
 
@@ -455,9 +484,12 @@ def prepare_dirs(env: dict[str, str], services: list[Service]) -> None:
     for directory in (p["log"], p["run"]):
         directory.mkdir(parents=True, exist_ok=True)
     # What the stack's user writes: heartbeats, Redis data, files, nginx's config, TLS, ACME.
-    stack_dirs = [Path(env[name]) for name in ("HEARTBEAT_DIR", "REDIS_DATA_DIR", "STATIC_ROOT",
-                                                "MEDIA_ROOT", "NGINX_CONF_DIR", "NGINX_RUN_DIR",
-                                                "ACME_ROOT", "BACKUP_DIR")]  # fmt: skip
+    stack_dirs = [
+        Path(env[name])
+        for name in ("HEARTBEAT_DIR", "REDIS_DATA_DIR", "STATIC_ROOT", "MEDIA_ROOT",
+                     "NGINX_CONF_DIR", "NGINX_RUN_DIR", "ACME_ROOT", "BACKUP_DIR", "METRICS_DIR",
+                     "PROMETHEUS_CONF_DIR", "PROMETHEUS_DATA_DIR")
+    ]  # fmt: skip
     stack_dirs += [Path(env["TLS_CERT"]).parent, Path(env["TLS_KEY"]).parent]
     if env.get("MAIL_DIR"):  # make dev's mail sink
         stack_dirs.append(Path(env["MAIL_DIR"]))
@@ -546,6 +578,7 @@ def up(env: dict[str, str]) -> None:
         running = None
     prepare_dirs(env, services)
     (p["run"] / "mode").write_text(env["STACK_MODE"])
+    (p["run"] / "monitoring").write_text(env["MONITORING"])
     started = time.monotonic()
     if running:
         _supervisorctl(env, "start", "all")

@@ -24,6 +24,7 @@ from django.db import DatabaseError, connection, transaction
 from django.db.models import F, Q
 from django.utils import timezone
 
+from .. import metrics
 from ..models import Job, JobQuerySet, Rendition
 from ..presets import PRESETS
 from ..processing import encode, image, media
@@ -228,6 +229,7 @@ def _commit(job: Job, run: Run, result: _Result) -> None:
         )  # fmt: skip
         events.job_changed(job.pk)
         notifications.notify_finished(job.pk)
+    metrics.run_finished(job.preset, Job.Status.DONE, job.started_at, result.analysis.duration_s)
     logger.info("job %s: done (task %s)", job.pk, run.task_id)
 
 
@@ -242,6 +244,8 @@ def fail_run(job_id: str, task_id: str, reason: str) -> bool:
             events.job_changed(job_id)
             notifications.notify_finished(job_id)
     if failed:
+        row = Job.objects.filter(pk=job_id).values("preset", "started_at").first() or {}
+        metrics.run_finished(row.get("preset", ""), Job.Status.FAILED, row.get("started_at"))
         logger.info("job %s: failed (task %s): %s", job_id, task_id, reason)
     return bool(failed)
 

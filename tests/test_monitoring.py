@@ -1,0 +1,158 @@
+"""Metrics an operator can read (README, "Metrics"): the test stack runs with MONITORING=1, so a
+real Prometheus (Debian's) scrapes web, events, the worker, Flower and an exporter per server
+every 2 s, with the alert rules loaded. The rules themselves are unit-tested by promtool."""
+
+import json
+import re
+import subprocess
+import time
+
+import httpx
+import psycopg
+import pytest
+
+from tests.audio import signals
+from tests.audio.test_e2e_audio import upload, wait_finished
+from tests.conftest import NativeStack
+from tests.stack_env import REPO_DIR
+
+MONITORING = REPO_DIR / "deployments" / "compose" / "monitoring"
+DASHBOARD = MONITORING / "grafana" / "dashboards" / "core-stack.json"
+SCRAPE_WAIT_S = 30  # 2 s scrapes; generous for a loaded machine
+
+
+def test_alert_rules_fire_on_their_conditions_and_not_before() -> None:
+    """promtool's unit tests (alerts.test.yml): every rule, its `for:` and its labels."""
+    result = subprocess.run(
+        ["promtool", "test", "rules", "alerts.test.yml"],
+        cwd=MONITORING, capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    rules = re.findall(r"^\s+- alert: (\w+)", (MONITORING / "alerts.yml").read_text(), re.M)
+    tested = set(re.findall(r"alertname: (\w+)", (MONITORING / "alerts.test.yml").read_text()))
+    assert set(rules) == tested, "every alert rule has a promtool test"
+
+
+def test_dashboard_is_valid_grafana_json() -> None:
+    dashboard = json.loads(DASHBOARD.read_text())
+    assert dashboard["uid"] and dashboard["panels"]
+    ids = [panel["id"] for panel in dashboard["panels"]]
+    assert len(ids) == len(set(ids))
+    for panel in dashboard["panels"]:
+        assert panel["datasource"]["uid"] == "prometheus"  # the provisioned data source's uid
+        assert panel["targets"] and all(t["expr"] for t in panel["targets"])
+    datasource = MONITORING / "grafana" / "provisioning" / "datasources" / "prometheus.yml"
+    assert "uid: prometheus" in datasource.read_text()
+
+
+class Prometheus:
+    def __init__(self, stack: NativeStack) -> None:
+        self.url = f"http://127.0.0.1:{stack.env['PROMETHEUS_PORT']}"
+
+    def query(self, expr: str) -> list[dict]:
+        answer = httpx.get(f"{self.url}/api/v1/query", params={"query": expr}, timeout=10)
+        body = answer.json()
+        assert body["status"] == "success", (expr, body)
+        return body["data"]["result"]
+
+    def value(self, expr: str) -> float | None:
+        result = self.query(expr)
+        return float(result[0]["value"][1]) if result else None
+
+    def wait_for(self, expr: str, predicate) -> float | None:
+        deadline = time.monotonic() + SCRAPE_WAIT_S
+        while True:
+            value = self.value(expr)
+            if (value is not None and predicate(value)) or time.monotonic() > deadline:
+                return value
+            time.sleep(1)
+
+
+@pytest.fixture(scope="module")
+def prometheus(native_stack: NativeStack) -> Prometheus:
+    return Prometheus(native_stack)
+
+
+@pytest.mark.e2e
+def test_every_target_is_up_and_reaches_its_server(prometheus: Prometheus) -> None:
+    deadline = time.monotonic() + SCRAPE_WAIT_S
+    while True:
+        targets = httpx.get(f"{prometheus.url}/api/v1/targets", timeout=10).json()
+        active = targets["data"]["activeTargets"]
+        health = {(t["labels"]["job"], t["labels"].get("redis", "")): t["health"] for t in active}
+        if all(h == "up" for h in health.values()) or time.monotonic() > deadline:
+            break
+        time.sleep(1)
+    jobs = {job for job, _ in health}
+    assert jobs == {"prometheus", "web", "events", "celery_worker", "flower", "postgres",
+                    "pgbouncer", "redis", "nginx", "node"}  # fmt: skip
+    assert all(h == "up" for h in health.values()), {k: h for k, h in health.items() if h != "up"}
+    # An exporter that answers but cannot log in to its server would still be `up`.
+    for expr in ("pg_up", "pgbouncer_up", "nginx_up", 'redis_up{redis="broker"}',
+                 'redis_up{redis="cache"}', "sum(flower_worker_online)"):  # fmt: skip
+        assert prometheus.wait_for(expr, lambda v: v >= 1) == 1, expr
+    assert prometheus.query('ALERTS{alertstate="firing"}') == [], "no alert fires when healthy"
+
+
+DONE_RUNS = 'sum(audio_runs_finished_total{status="done",preset="podcast"}) or vector(0)'
+CREATED = 'sum(django_http_responses_total_by_status_view_method_total{status="202"}) or vector(0)'
+
+
+@pytest.fixture(scope="module")
+def processed_upload(
+    native_stack: NativeStack, prometheus: Prometheus, tmp_path_factory: pytest.TempPathFactory
+) -> dict[str, float]:
+    """One upload processed by the real worker; what Prometheus showed before it."""
+    before = {"runs": prometheus.wait_for(DONE_RUNS, lambda v: True),
+              "created": prometheus.value(CREATED)}  # fmt: skip
+    account = native_stack.signup("metered")
+    source = signals.write(tmp_path_factory.mktemp("metered") / "a.wav", signals.program(4), "wav")
+    with native_stack.client() as client:
+        response = upload(client, account.auth, source)
+        assert response.status_code == 202, response.text
+        assert wait_finished(client, account.auth, response.json()["id"])["status"] == "done"
+    return before
+
+
+@pytest.mark.e2e
+def test_a_processed_upload_shows_in_requests_jobs_and_audio_processed(
+    native_stack: NativeStack, prometheus: Prometheus, processed_upload: dict[str, float]
+) -> None:
+    runs, created = processed_upload["runs"], processed_upload["created"]
+    assert prometheus.wait_for(DONE_RUNS, lambda v: v > runs) == runs + 1
+    assert prometheus.wait_for(CREATED, lambda v: v > created) >= created + 1
+    audio = prometheus.value('sum(audio_processed_audio_seconds_total{preset="podcast"})')
+    assert audio is not None and audio >= 4
+    assert (prometheus.value("sum(audio_run_processing_seconds_count)") or 0) >= 1
+    # Read from the stack's database at each scrape: a fresh scrape shows the table's count.
+    with psycopg.connect(native_stack.env["DATABASE_DIRECT_URL"]) as conn:
+        done = conn.execute("SELECT count(*) FROM audio_job WHERE status = 'done'").fetchone()[0]
+    assert prometheus.wait_for('max(audio_jobs{status="done"})', lambda v: v == done) == done
+
+
+@pytest.mark.e2e
+def test_every_dashboard_query_runs_and_names_metrics_prometheus_has(
+    prometheus: Prometheus, processed_upload: dict[str, float]
+) -> None:
+    """A renamed metric or a typo leaves a panel empty in Grafana without any error: each
+    panel's query must evaluate, and every metric it names must exist in Prometheus."""
+    known = set(httpx.get(f"{prometheus.url}/api/v1/label/__name__/values", timeout=10)
+                .json()["data"])  # fmt: skip
+    keywords = {"by", "without", "on", "ignoring", "and", "or", "unless", "bool"}
+    for panel in json.loads(DASHBOARD.read_text())["panels"]:
+        for target in panel["targets"]:
+            prometheus.query(target["expr"])
+            # What is left once label matchers, ranges, groupings and calls are taken out.
+            expr = re.sub(r"\{[^}]*\}|\[[^\]]*\]|\b(by|without)\s*\([^)]*\)", " ", target["expr"])
+            expr = re.sub(r"\b[a-z_]+\s*\(", "(", expr)
+            names = set(re.findall(r"\b[a-zA-Z_:][a-zA-Z0-9_:]*\b", expr)) - keywords
+            missing = {name for name in names if name not in known}
+            assert not missing, (panel["title"], missing)
+
+
+@pytest.mark.e2e
+def test_metrics_are_served_on_web_port_but_not_through_nginx(native_stack: NativeStack) -> None:
+    direct = httpx.get(f"http://127.0.0.1:{native_stack.env['WEB_PORT']}/metrics")
+    assert direct.status_code == 200 and "django_http_requests" in direct.text
+    with native_stack.client() as client:
+        assert client.get("/metrics").status_code == 404
