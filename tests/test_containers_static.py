@@ -28,8 +28,9 @@ def compose(env_file: str, *args: str, files: tuple[str, ...] = ()) -> subproces
     )  # fmt: skip
 
 
-def resolved(env_file: str, files: tuple[str, ...] = ()) -> dict:
-    result = compose(env_file, "config", "--format", "yaml", files=files)
+def resolved(env_file: str, files: tuple[str, ...] = (), profile: str = "") -> dict:
+    profiles = ("--profile", profile) if profile else ()
+    result = compose(env_file, *profiles, "config", "--format", "yaml", files=files)
     assert result.returncode == 0, result.stderr
     return yaml.safe_load(result.stdout)
 
@@ -49,16 +50,22 @@ def test_hadolint(dockerfile: Path) -> None:
 
 
 @pytest.mark.parametrize(
-    ("env_file", "files"),
+    ("env_file", "files", "profile"),
     [
-        (".env.prod.example", ("docker-compose.yml",)),
-        (".env.example", ()),
-        (".env.prod.example", ("docker-compose.yml", "deployments/containers-harness/pebble.yml")),
+        (".env.prod.example", ("docker-compose.yml",), ""),
+        (".env.example", (), ""),
+        (
+            ".env.prod.example",
+            ("docker-compose.yml", "deployments/containers-harness/pebble.yml"),
+            "",
+        ),
+        (".env.prod.example", ("docker-compose.yml",), "monitoring"),
     ],
-    ids=["prod", "dev", "prod+pebble (test only)"],
+    ids=["prod", "dev", "prod+pebble (test only)", "prod+monitoring"],
 )
-def test_compose_config_is_valid(env_file: str, files: tuple[str, ...]) -> None:
-    result = compose(env_file, "config", "-q", files=files)
+def test_compose_config_is_valid(env_file: str, files: tuple[str, ...], profile: str) -> None:
+    result = compose(env_file, *(("--profile", profile) if profile else ()), "config", "-q",
+                     files=files)  # fmt: skip
     assert result.returncode == 0, result.stderr
 
 
@@ -84,7 +91,7 @@ def _container_scripts(service: dict) -> set[str]:
 
 
 def test_containers_and_native_runner_run_the_same_scripts() -> None:
-    prod = resolved(".env.prod.example", ("docker-compose.yml",))["services"]
+    prod = resolved(".env.prod.example", ("docker-compose.yml",), "monitoring")["services"]
     in_containers: set[str] = set()
     for service in prod.values():
         in_containers |= _container_scripts(service)
@@ -94,7 +101,7 @@ def test_containers_and_native_runner_run_the_same_scripts() -> None:
     for script in in_containers:
         assert (compose_root / script).is_file(), f"compose runs missing {script}"
     native: set[str] = set()
-    for service in stack.SERVICES:
+    for service in (*stack.SERVICES, *stack.MONITORING_SERVICES):
         for word in (*service.command, *service.healthcheck):
             if word.startswith(str(compose_root)):
                 native.add(str(Path(word).relative_to(compose_root)))
@@ -192,3 +199,34 @@ def test_each_service_gets_only_the_secrets_it_needs(tmp_path: Path) -> None:
     # The settings still arrive: what .env sets reaches every Django service.
     for name in ("web", "celery_worker", "celery_beat", "flower", "release"):
         assert services[name]["environment"]["ALLOWED_HOSTS"], name
+
+
+def test_monitoring_services_get_only_their_servers_credentials(tmp_path: Path) -> None:
+    lines = (REPO_DIR / ".env.prod.example").read_text().splitlines()
+    env_file = tmp_path / "prod.env"
+    env_file.write_text(
+        "\n".join(
+            re.sub(r"<random-password>", lambda m: f"secret{len(m.string)}", x) for x in lines
+        )
+    )
+    services = resolved(str(env_file), ("docker-compose.yml",), "monitoring")["services"]
+
+    def holders(variable: str) -> set[str]:
+        secret = services[{"FLOWER_BASIC_AUTH": "flower"}.get(variable, "pgbouncer")][
+            "environment"
+        ][variable]
+        return {
+            name
+            for name, service in services.items()
+            if any(secret in str(v) for v in (service.get("environment") or {}).values())
+        }
+
+    assert holders("FLOWER_BASIC_AUTH") == {"flower", "prometheus"}
+    assert holders("PGBOUNCER_ADMIN_PASSWORD") == {"pgbouncer", "pgbouncer_exporter"}
+    published = {name: svc["ports"] for name, svc in services.items() if svc.get("ports")}
+    assert set(published) == {"nginx", "prometheus", "grafana"}
+    for name in ("prometheus", "grafana"):
+        assert all(port["host_ip"] == "127.0.0.1" for port in published[name]), name
+    for name, service in services.items():
+        if service.get("image") == "core-monitoring:latest":
+            assert service["read_only"] is True and service["cap_drop"] == ["ALL"], name

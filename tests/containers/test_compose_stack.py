@@ -18,11 +18,17 @@ import pytest
 
 from tests.acme import NAME, RequestsFlowing, wait_for_new_certificate
 from tests.stack_env import ORIGINAL_ENVIRON, REPO_DIR
+from tests.test_monitoring import (
+    Prometheus,
+    assert_every_target_reaches_its_server,
+    dashboard_metrics_missing,
+)
 
 pytestmark = pytest.mark.containers
 
 PROJECT = "coretest"
 HTTP_PORT, HTTPS_PORT = 18080, 18443
+PROMETHEUS_PORT = 19090
 WORK = REPO_DIR / "var" / "containers"
 ARTIFACTS = REPO_DIR / "test-artifacts"
 # The production stack plus Pebble, the ACME test server (test only; see that file).
@@ -143,6 +149,7 @@ def prod_stack() -> Iterator[tuple[ComposeStack, dict[str, str]]]:
             "core-django:dev",
             "core-nginx:latest",
             "core-pgbouncer:latest",
+            "core-monitoring:latest",
         ):
             out = docker("image", "inspect", image, "--format", "{{.Size}}", check=False).strip()
             if out.isdigit():
@@ -205,6 +212,38 @@ def test_restart_and_down_up_keep_the_database(prod_stack) -> None:
         while (ready := client.get("/readyz")).status_code != 200 and time.monotonic() < deadline:
             time.sleep(1)
     assert ready.status_code == 200, (ready.status_code, ready.text, stack.states())
+
+
+MONITORED_BY = ("prometheus", "postgres_exporter", "pgbouncer_exporter", "redis_broker_exporter",
+                "redis_cache_exporter", "nginx_exporter", "node_exporter")  # fmt: skip
+
+
+def test_monitoring_profile_scrapes_every_target(prod_stack) -> None:
+    """`--profile monitoring`: Prometheus and the exporters (the monitoring image, built here)
+    beside the running stack; every target up, every exporter reaching its server, and every
+    dashboard query naming metrics Prometheus has. (Grafana's image cannot be had here: no
+    registry, no Grafana package in Debian, PyPI or npm; its provisioning is checked offline.)"""
+    stack, _ = prod_stack
+    monitoring = ("--profile", "monitoring")
+    started = time.monotonic()
+    stack.compose(*monitoring, "build", *MONITORED_BY[:1], timeout=1800)
+    stack.compose(
+        *monitoring, "up", "-d", "--wait", "--wait-timeout", "300", *MONITORED_BY,
+        PROMETHEUS_PUBLISH=str(PROMETHEUS_PORT), PROMETHEUS_SCRAPE_INTERVAL="2s",
+    )  # fmt: skip
+    stack.timings["monitoring_up_s"] = round(time.monotonic() - started, 1)
+    try:
+        prometheus = Prometheus(f"http://127.0.0.1:{PROMETHEUS_PORT}")
+        assert_every_target_reaches_its_server(prometheus, prometheus.target_health())
+        with stack.client() as client:  # a request, so that the request metrics exist
+            assert client.get("/readyz").status_code == 200
+        assert dashboard_metrics_missing(prometheus).keys() <= {
+            # Only once a job has run (the native suite processes one and checks these too).
+            "Run processing time (p50, p90)", "Audio processed (seconds of audio per second)",
+            "Runs finished per minute",
+        }  # fmt: skip
+    finally:
+        stack.compose(*monitoring, "rm", "--stop", "--force", *MONITORED_BY, check=False)
 
 
 def test_lets_encrypt_issues_and_renews_through_nginx(prod_stack, tmp_path) -> None:
