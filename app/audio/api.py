@@ -1,15 +1,12 @@
 """REST API for audio jobs (DRF). Every query is scoped to the requesting user: another user's
 job is a 404, never a 403."""
 
-import contextlib
 from pathlib import Path
 
 from django.conf import settings
-from django.core.cache import cache
 from django.db.models import QuerySet
 from django.http import Http404, HttpResponse
 from drf_spectacular.utils import OpenApiParameter, extend_schema
-from redis.exceptions import RedisError
 from rest_framework import mixins, status, viewsets
 from rest_framework.decorators import action
 from rest_framework.pagination import CursorPagination
@@ -40,18 +37,6 @@ def protected_file(path: Path, content_type: str, download_name: str | None = No
 
 
 JSON = "application/json"
-
-
-def _cache_get(key: str) -> object | None:
-    try:
-        return cache.get(key)
-    except RedisError:
-        return None
-
-
-def _cache_set(key: str, value: object) -> None:
-    with contextlib.suppress(RedisError):
-        cache.set(key, value, events.LIST_CACHE_S)
 
 
 def refused(exc: job_services.Refused) -> Response:
@@ -101,15 +86,16 @@ class JobViewSet(
     )
     def list(self, request: Request, *args: object, **kwargs: object) -> HttpResponse:
         """A page is read once per change of the user's jobs and then served from the cache, as
-        the JSON bytes sent (rendering the page was a sixth of the read's time)."""
+        the JSON bytes sent (rendering the page was a sixth of the read's time), found in one
+        round trip to Redis."""
         if request.accepted_renderer.format != "json":  # the browsable API renders its own
             return super().list(request, *args, **kwargs)
-        key = events.list_cache_key(request.user.pk, request.build_absolute_uri())
-        if key is not None and (body := _cache_get(key)) is not None:
+        key, body = events.cached_page(request.user.pk, request.build_absolute_uri())
+        if body is not None:
             return HttpResponse(body, content_type=JSON)
         body = request.accepted_renderer.render(super().list(request, *args, **kwargs).data)
         if key is not None:
-            _cache_set(key, body)
+            events.store_page(key, body)
         return HttpResponse(body, content_type=JSON)
 
     @extend_schema(

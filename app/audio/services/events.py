@@ -72,12 +72,38 @@ def _publish(owner_id: int, payload: dict[str, object]) -> None:
         logger.warning("job event for %s not published (%s)", payload["id"], exc)
 
 
-def list_cache_key(owner_id: int, url: str) -> str | None:
-    """Where a page of the owner's jobs at `url` (path, query and host: its links are absolute)
-    is cached as of their latest change; None without the cache. The version is bumped after
-    each change commits, so a page cached under the current version was read after it."""
+#: A page of the owner's jobs, cached as the JSON bytes sent, under the owner's version.
+PAGE_PREFIX = "audio:jobs-page:"
+# The API's list read in one round trip: the owner's version and the page cached under it.
+# (The page's key is built in the script, so it is not declared: this needs a single Redis, not
+# a cluster, as the cache is here.)
+_READ_PAGE = """
+local version = redis.call('GET', KEYS[1]) or '0'
+return {version, redis.call('GET', ARGV[1] .. version .. ':' .. ARGV[2])}
+"""
+
+
+@cache
+def _read_page_script() -> redis.commands.core.Script:
+    return _client().register_script(_READ_PAGE)
+
+
+def cached_page(owner_id: int, url: str) -> tuple[str | None, bytes | None]:
+    """Where the owner's page at `url` (path, query and host: its links are absolute) is cached
+    as of their latest change, and the page if it is there; (None, None) without the cache. The
+    version is bumped after each change commits, so a page cached under the current version was
+    read after it."""
     try:
-        version = int(_client().get(VERSION_PREFIX + str(owner_id)) or 0)
+        version, body = _read_page_script()(
+            keys=[VERSION_PREFIX + str(owner_id)], args=[f"{PAGE_PREFIX}{owner_id}:", url]
+        )
     except redis.RedisError:
-        return None
-    return f"audio:jobs-page:{owner_id}:{version}:{url}"
+        return None, None
+    return f"{PAGE_PREFIX}{owner_id}:{version.decode()}:{url}", body
+
+
+def store_page(key: str, body: bytes) -> None:
+    try:
+        _client().set(key, body, ex=LIST_CACHE_S)
+    except redis.RedisError as exc:
+        logger.warning("job list page not cached (%s)", exc)
