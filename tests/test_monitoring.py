@@ -68,7 +68,7 @@ class Prometheus:
             active = httpx.get(f"{self.url}/api/v1/targets", timeout=10).json()["data"]
             health = {(t["labels"]["job"], t["labels"].get("redis", "")): t["health"]
                       for t in active["activeTargets"]}  # fmt: skip
-            if all(h == "up" for h in health.values()) or time.monotonic() > deadline:
+            if (health and all(h == "up" for h in health.values())) or time.monotonic() > deadline:
                 return health
             time.sleep(1)
 
