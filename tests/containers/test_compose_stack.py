@@ -5,6 +5,7 @@ Run by `make test-containers` (after the harness has started the engine and the 
 """
 
 import json
+import re
 import secrets
 import shutil
 import ssl
@@ -179,6 +180,11 @@ def test_readyz_static_flower_and_a_task_over_https(prod_stack) -> None:
         assert ready.status_code == 200, ready.text
         static = client.get("/static/admin/css/base.css")
         assert static.status_code == 200 and static.headers["x-served-by"] == "nginx"
+        # A page: its {% static %} names come from the manifest the release step collected.
+        login = client.get("/accounts/login/")
+        assert login.status_code == 200, login.text
+        css = re.search(r'href="(/static/audio/app\.[0-9a-f]{12}\.css)"', login.text)
+        assert css and client.get(css.group(1)).status_code == 200, login.text
         assert client.get("/flower/").status_code == 401
         task = client.get(
             "/diagnostics/task", headers={"X-Diagnostics-Token": values["DIAGNOSTICS_TOKEN"]}
