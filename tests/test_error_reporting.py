@@ -97,7 +97,9 @@ def test_a_view_error_and_a_task_error_reach_sentry(
     env = {**native_stack.env, "SENTRY_DSN": sentry.dsn, "SENTRY_RELEASE": "core@test"}
     web, base = serve(env)
     queue = f"errors-{uuid.uuid4().hex[:8]}"  # this worker's alone: the stack's never takes it
-    worker = subprocess.Popen([str(WORKER_START.resolve())], env={**env, "CELERY_QUEUES": queue},
+    # Metrics off: the stack's own worker holds its port.
+    worker_env = {**env, "CELERY_QUEUES": queue, "WORKER_METRICS_PORT": "0"}
+    worker = subprocess.Popen([str(WORKER_START.resolve())], env=worker_env,
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
     try:
         response = raise_in_view(native_stack, base)

@@ -12,6 +12,7 @@ jobs and broker state read at that moment (audio.metrics.JobsCollector).
 
 from __future__ import annotations
 
+import logging
 import os
 
 from asgiref.sync import sync_to_async
@@ -24,6 +25,8 @@ from prometheus_client import (
     multiprocess,
     start_http_server,
 )
+
+logger = logging.getLogger(__name__)
 
 
 def process_registry() -> CollectorRegistry:
@@ -57,5 +60,9 @@ def _state_registry(collector: type) -> CollectorRegistry:
 
 def serve_worker_metrics(port: int, address: str) -> None:
     """The Celery worker's endpoint, from its main process (its pool processes are forked after
-    and write their samples into the shared directory)."""
-    start_http_server(port, addr=address, registry=process_registry())
+    and write their samples into the shared directory). A port already taken costs the metrics,
+    not the worker: jobs still run, and Prometheus shows the target down."""
+    try:
+        start_http_server(port, addr=address, registry=process_registry())
+    except OSError as exc:
+        logger.error("WORKER_METRICS_PORT=%s: metrics not served (%s)", port, exc)
