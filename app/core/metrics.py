@@ -2,8 +2,8 @@
 
 web and events: GET /metrics on their own port (nginx never routes it: it answers 404 outside).
 Gunicorn's workers are separate processes, so prometheus_client runs in multiprocess mode: each
-process writes its samples to files in PROMETHEUS_MULTIPROC_DIR (the start scripts make it empty
-for each server) and a scrape adds them up. The worker: its main process serves the same on
+process writes its samples to files in PROMETHEUS_MULTIPROC_DIR (the start scripts give each
+server a fresh one) and a scrape adds them up. The worker: its main process serves the same on
 WORKER_METRICS_PORT for every pool process (core.celery starts it).
 
 What a scrape of web returns: django-prometheus's request, latency and query metrics, and the
