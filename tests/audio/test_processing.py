@@ -21,6 +21,16 @@ APP_DIR = REPO_DIR / "app"
 
 @pytest.mark.parametrize(("dbfs", "channels", "expected"), [(-18, 2, -18.0), (-23, 2, -23.0),
                                                            (-18, 1, -21.01)])  # fmt: skip
+def render_preset(source, analysis, preset, directory):
+    """Each of the preset's formats rendered from `source`: (format name, rendition)."""
+    for name in preset.formats:
+        fmt = encode.FORMATS[name]
+        yield name, encode.render(
+            source, analysis, fmt, directory / f"out.{fmt.extension}",
+            target_lufs=preset.target_lufs, ceiling_dbtp=preset.ceiling_dbtp, limits=LIMITS,
+        )  # fmt: skip
+
+
 def test_loudness_is_accurate_on_calibrated_tones(tmp_path, dbfs, channels, expected) -> None:
     path = signals.write(tmp_path / "tone.wav", signals.tone(20, dbfs, channels))
     loudness = media.analyse(path, LIMITS).loudness
@@ -70,12 +80,7 @@ def test_renditions_reach_the_target_under_the_ceiling(tmp_path, preset_name, ma
         source = signals.write(tmp_path / "in.wav", samples)
     preset = PRESETS[preset_name]
     analysis = media.analyse(source, LIMITS)
-    for name in preset.formats:
-        fmt = encode.FORMATS[name]
-        rendition = encode.render(
-            source, analysis, fmt, tmp_path / f"out.{fmt.extension}",
-            target_lufs=preset.target_lufs, ceiling_dbtp=preset.ceiling_dbtp, limits=LIMITS,
-        )  # fmt: skip
+    for name, rendition in render_preset(source, analysis, preset, tmp_path):
         loud = rendition.loudness
         assert rendition.within_target, (name, loud, rendition.note)
         assert abs(loud.integrated_lufs - preset.target_lufs) <= 1.0, (name, loud)
@@ -140,12 +145,7 @@ def test_streaming_speech_takes_one_encode_per_format_under_the_ceiling(tmp_path
     preset = PRESETS["streaming"]
     assert encode.limiting(analysis, preset.target_lufs - analysis.loudness.integrated_lufs,
                            preset.ceiling_dbtp - 0.5)  # fmt: skip
-    for name in preset.formats:
-        fmt = encode.FORMATS[name]
-        rendition = encode.render(
-            source, analysis, fmt, tmp_path / f"out.{fmt.extension}",
-            target_lufs=preset.target_lufs, ceiling_dbtp=preset.ceiling_dbtp, limits=LIMITS,
-        )  # fmt: skip
+    for name, rendition in render_preset(source, analysis, preset, tmp_path):
         loud = rendition.loudness
         assert rendition.within_target and rendition.encodes == 1, (name, rendition)
         assert abs(loud.integrated_lufs - preset.target_lufs) <= encode.SETTLE_LU, (name, loud)
