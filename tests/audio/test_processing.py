@@ -19,8 +19,6 @@ LIMITS = media.Limits(max_duration_s=600)
 APP_DIR = REPO_DIR / "app"
 
 
-@pytest.mark.parametrize(("dbfs", "channels", "expected"), [(-18, 2, -18.0), (-23, 2, -23.0),
-                                                           (-18, 1, -21.01)])  # fmt: skip
 def render_preset(source, analysis, preset, directory):
     """Each of the preset's formats rendered from `source`: (format name, rendition)."""
     for name in preset.formats:
@@ -31,6 +29,8 @@ def render_preset(source, analysis, preset, directory):
         )  # fmt: skip
 
 
+@pytest.mark.parametrize(("dbfs", "channels", "expected"), [(-18, 2, -18.0), (-23, 2, -23.0),
+                                                           (-18, 1, -21.01)])  # fmt: skip
 def test_loudness_is_accurate_on_calibrated_tones(tmp_path, dbfs, channels, expected) -> None:
     path = signals.write(tmp_path / "tone.wav", signals.tone(20, dbfs, channels))
     loudness = media.analyse(path, LIMITS).loudness
