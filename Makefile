@@ -85,7 +85,7 @@ test: test-deps .venv/.synced ## every suite but chaos and containers: lint, uni
 test-chaos: test-deps .venv/.synced ## kill, restart and overload a native stack of its own (~8 min)
 	TEST_STACK=chaos .venv/bin/python -m pytest -m chaos tests/chaos $(PYTEST_ARGS)
 
-test-containers: .venv/.synced ## build the images, run the compose stacks for real (Podman engine)
+test-containers: .venv/.synced ## build the images, run the compose stacks for real (a Docker Engine of its own)
 	eval "$$(deployments/containers-harness/engine-up)"; \
 	trap 'deployments/containers-harness/engine-down' EXIT; \
 	deployments/containers-harness/base-images; \

@@ -110,9 +110,17 @@ def test_containers_and_native_runner_run_the_same_scripts() -> None:
     assert native - in_containers == {"postgres/start"}
 
 
-def test_web_container_is_named_for_the_seed_commands() -> None:
+def test_the_seed_container_name_is_the_console_and_web_scales() -> None:
     prod = resolved(".env.prod.example", ("docker-compose.yml",))["services"]
-    assert prod["web"]["container_name"] == "django_app"
+    # A fixed name blocks `--scale web=3`: web has none; django_app is web's image and settings.
+    assert "container_name" not in prod["web"] and "container_name" not in prod["events"]
+    assert prod["web"]["deploy"]["replicas"] == 1
+    console = prod["django_app"]
+    assert console["container_name"] == "django_app"
+    assert console["image"] == prod["web"]["image"]
+    web_server_only = {"FORWARDED_ALLOW_IPS", "RUN_RELEASE", "DIAGNOSTICS_TOKEN"}
+    assert console["environment"].keys() == prod["web"]["environment"].keys() - web_server_only
+    assert console["volumes"] == prod["web"]["volumes"]
     published = {name for name, svc in prod.items() if svc.get("ports")}
     assert published == {"nginx"}
     for name, svc in prod.items():
@@ -120,9 +128,10 @@ def test_web_container_is_named_for_the_seed_commands() -> None:
             assert svc.get("restart") == "unless-stopped", name
         if name not in {"release", "certbot"}:
             assert "healthcheck" in svc, name
-        # Podman's Docker API stops with no grace at all unless one is set (podman#19139).
+        # An explicit stop timeout: the deploy script stops old replicas with it.
         assert svc.get("stop_grace_period"), name
     assert "proxy" not in prod["db"]["networks"] and "proxy" not in prod["pgbouncer"]["networks"]
+    assert prod["nginx"]["environment"]["NGINX_RESOLVER"] == "127.0.0.11"
 
 
 def test_dev_ports_are_published_on_loopback_only() -> None:

@@ -28,6 +28,9 @@ NOT_USER_FACING = {
     "WEB_METRICS_TARGET", "EVENTS_METRICS_TARGET", "WORKER_METRICS_TARGET", "FLOWER_METRICS_TARGET",
     "POSTGRES_EXPORTER_TARGET", "PGBOUNCER_EXPORTER_TARGET", "REDIS_BROKER_EXPORTER_TARGET",
     "REDIS_CACHE_EXPORTER_TARGET", "NGINX_EXPORTER_TARGET", "NODE_EXPORTER_TARGET",
+    # nginx's resolver (docker-compose.yml sets Docker's), and the deploy script's own knobs (its
+    # shell's environment, not a container's; README, "Deploys").
+    "NGINX_RESOLVER", "NGINX_RESOLVER_VALID", "DEPLOY_HEALTH_TIMEOUT", "DEPLOY_SETTLE_SECONDS",
 }  # fmt: skip
 
 

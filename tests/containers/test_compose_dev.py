@@ -58,7 +58,7 @@ def test_dev_stack_reloads_a_code_change() -> None:
                                                               check=False)  # fmt: skip
             raise AssertionError(f"{exc}\n{state}") from None
         wait_http(f"http://localhost:{WEB_PORT}/healthz")
-        uid = docker("exec", "django_app", "id", "-u").strip()  # the seed's name, dev too
+        uid = compose("exec", "-T", "web", "id", "-u").strip()
         assert uid != "0", "the dev web container runs as your user, not root"
         probe.write_text("PROBE = True\n")
         deadline = time.monotonic() + 60

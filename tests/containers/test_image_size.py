@@ -7,16 +7,13 @@ what the engine reports (`docker image inspect --format {{.Size}}`, decimal MB),
 included: here the harness's stand-in debian:trixie-slim (130 MB; the official one is ~80 MB).
 """
 
-import shutil
-
 import pytest
 
-from tests.containers.test_compose_stack import docker
+from tests.containers.test_compose_stack import compose_environ, docker, require_docker_engine
 from tests.stack_env import REPO_DIR
 
 pytestmark = pytest.mark.containers
 
-DOCKERFILE = "deployments/compose/django/Dockerfile"
 # Decimal MB. The issue asked for prod < 300 and dev < 600. Prod measured 458 (was 791): the
 # stand-in base 130 + Debian's Python 42 + the virtualenv 285, of which PyAV's FFmpeg libraries
 # (all of FFmpeg's codecs, video ones too) are 101; 300 is out of reach without an audio-only
@@ -58,12 +55,13 @@ for name, fmt in encode.FORMATS.items():
 
 def build(target: str) -> str:
     """Build the target under the tag compose uses (the stack tests then reuse it)."""
-    if shutil.which("docker") is None or "Podman" not in docker("version", check=False):
-        pytest.fail("no container engine: run through `make test-containers`")
-    tag = f"core-django:{target}"
-    docker("build", "--target", target, "-t", tag, "-f", DOCKERFILE, ".", cwd=REPO_DIR,
-           timeout=1800)  # fmt: skip
-    return tag
+    require_docker_engine()
+    # Through compose (BuildKit: the Dockerfile uses RUN --mount and COPY --chmod), which tags
+    # the target core-django:<target>.
+    env = {**compose_environ(), "COMPOSE_FILE": "docker-compose.yml", "DJANGO_IMAGE_TARGET": target}
+    docker("compose", "--project-name", "coreimage", "--env-file", ".env.prod.example", "build",
+           "release", cwd=REPO_DIR, env=env, timeout=1800)  # fmt: skip
+    return f"core-django:{target}"
 
 
 def size_mb(tag: str) -> float:
