@@ -17,7 +17,7 @@ SYSTEM_COMMANDS := postgres:postgresql pgbouncer:pgbouncer redis-server:redis-se
 	prometheus-node-exporter:prometheus-node-exporter
 TEST_COMMANDS := espeak-ng:espeak-ng chromium:chromium certbot:certbot pebble:pebble
 
-.PHONY: help up dev down restart reload letsencrypt ps logs test test-chaos test-containers lint audit bench bench-tasks bench-startup bench-audio manage backup restore system-deps test-deps clean
+.PHONY: help up dev down restart reload letsencrypt ps logs test test-chaos test-containers test-swarm lint audit bench bench-tasks bench-startup bench-audio manage backup restore system-deps test-deps clean
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -79,8 +79,8 @@ lint: .venv/.synced ## ruff, shellcheck
 	.venv/bin/shellcheck --severity=style $$(grep -rlE '^#!(/usr/bin/env bash|/bin/sh)' deployments .ci)
 	.venv/bin/hadolint deployments/compose/*/Dockerfile
 
-test: test-deps .venv/.synced ## every suite but chaos and containers: lint, unit, integration, e2e
-	.venv/bin/python -m pytest -m "not containers and not chaos" $(PYTEST_ARGS)
+test: test-deps .venv/.synced ## every suite but chaos, containers and swarm: lint, unit, integration, e2e
+	.venv/bin/python -m pytest -m "not containers and not chaos and not swarm" $(PYTEST_ARGS)
 
 test-chaos: test-deps .venv/.synced ## kill, restart and overload a native stack of its own (~8 min)
 	TEST_STACK=chaos .venv/bin/python -m pytest -m chaos tests/chaos $(PYTEST_ARGS)
@@ -90,6 +90,12 @@ test-containers: .venv/.synced ## build the images, run the compose stacks for r
 	trap 'deployments/containers-harness/engine-down' EXIT; \
 	deployments/containers-harness/base-images; \
 	.venv/bin/python -m pytest -m containers tests/containers $(PYTEST_ARGS)
+
+test-swarm: .venv/.synced ## deploy the stack on a single-node Docker Swarm of its own, roll and scale it
+	eval "$$(deployments/containers-harness/engine-up)"; \
+	trap 'docker swarm leave --force >/dev/null 2>&1; deployments/containers-harness/engine-down' EXIT; \
+	deployments/containers-harness/base-images; \
+	.venv/bin/python -m pytest -m swarm tests/swarm $(PYTEST_ARGS)
 
 audit: .venv/.synced ## known vulnerabilities in the locked dependencies (pip-audit; needs PyPI's JSON API)
 	$(UV) export --format requirements-txt --no-hashes --no-emit-project --quiet > .venv/requirements-audit.txt

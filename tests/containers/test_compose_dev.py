@@ -50,7 +50,7 @@ def test_dev_stack_reloads_a_code_change() -> None:
     probe = REPO_DIR / "app" / "core" / f"_reload_probe_{uuid.uuid4().hex[:8]}.py"
     compose("down", "-v", "--remove-orphans", check=False)
     try:
-        compose("build", "release", "web", timeout=1800)
+        compose("build", timeout=1800)  # every image it runs: the dev image, PgBouncer's
         try:
             compose("up", "-d", "--wait", "--wait-timeout", "300", "web")
         except AssertionError as exc:

@@ -108,8 +108,8 @@ class ComposeStack:
         )
 
 
-def write_env_file() -> tuple[Path, dict[str, str]]:
-    """The production example with real random secrets and local ports."""
+def write_env_file(name: str = "prod.env", **overrides: str) -> tuple[Path, dict[str, str]]:
+    """The production example with real random secrets and local ports (and `overrides`)."""
     values = {
         "SECRET_KEY": secrets.token_urlsafe(64),
         "POSTGRES_PASSWORD": secrets.token_urlsafe(24),
@@ -127,6 +127,7 @@ def write_env_file() -> tuple[Path, dict[str, str]]:
         "WEB_CONCURRENCY": "2",
         "CELERY_WORKER_CONCURRENCY": "2",
         "EMAIL_URL": "console://",
+        **overrides,
     }
     # In place: later lines of the example refer to earlier ones (${REDIS_BROKER_PASSWORD}).
     lines, unset = [], dict(values)
@@ -137,7 +138,7 @@ def write_env_file() -> tuple[Path, dict[str, str]]:
         lines.append(line)
     lines += [f"{key}={value}" for key, value in unset.items()]
     WORK.mkdir(parents=True, exist_ok=True)
-    path = WORK / "prod.env"
+    path = WORK / name
     path.write_text("\n".join(lines) + "\n")
     path.chmod(0o600)
     return path, values
@@ -277,8 +278,9 @@ class Load:
 
     PATHS = (("/healthz", 200), ("/", 302), ("/api/jobs/", 401))
 
-    def __init__(self, stack: ComposeStack, threads: int = 4) -> None:
-        self.context = stack.tls()
+    def __init__(self, base_url: str, context: ssl.SSLContext, threads: int = 4) -> None:
+        self.base_url = base_url
+        self.context = context
         self.count = 0
         self.latencies: list[float] = []
         self.failures: list[str] = []
@@ -286,8 +288,7 @@ class Load:
         self._threads = [threading.Thread(target=self._run) for _ in range(threads)]
 
     def _run(self) -> None:
-        base = f"https://localhost:{HTTPS_PORT}"
-        with httpx.Client(base_url=base, verify=self.context, timeout=30) as client:
+        with httpx.Client(base_url=self.base_url, verify=self.context, timeout=30) as client:
             while not self._stop.is_set():
                 for path, expected in self.PATHS:
                     started = time.monotonic()
@@ -359,7 +360,7 @@ def test_a_deploy_that_does_not_become_healthy_stops_with_the_old_replicas_servi
     before = sorted(running(stack, "web"))
     try:
         tag_new_image("broken", """RUN echo 'raise RuntimeError("broken build")' >> core/wsgi.py""")
-        with Load(stack) as load:
+        with Load(f"https://localhost:{HTTPS_PORT}", stack.tls()) as load:
             result = deploy(stack)
         assert result.returncode != 0, result.stderr
         assert "did not become healthy; the old ones still serve" in result.stderr, result.stderr
@@ -387,7 +388,7 @@ def test_a_deploy_of_a_new_image_under_load_fails_no_request(prod_stack) -> None
 
     new_image = tag_new_image(secrets.token_hex(4))
     started = time.monotonic()
-    with Load(stack) as load:
+    with Load(f"https://localhost:{HTTPS_PORT}", stack.tls()) as load:
         result = deploy(stack)
         deploy_s = time.monotonic() - started
         with stack.client() as client:
