@@ -1,6 +1,7 @@
 """Settings come from the environment; bad values stop start-up with the variable's name."""
 
 import os
+import secrets
 import subprocess
 import sys
 
@@ -77,3 +78,42 @@ def test_test_run_uses_test_settings() -> None:
     assert os.environ["DJANGO_ENV"] == "test"
     assert settings.DJANGO_ENV == "test"
     assert not settings.SECURE_SSL_REDIRECT
+
+
+def test_secrets_can_come_from_files(tmp_path) -> None:
+    """SECRET_KEY_FILE / DATABASE_URL_FILE (Swarm and Kubernetes secrets): the settings read the
+    files, a `docker exec`'d manage.py included; an unreadable one is named at start-up."""
+    secret_key, database_url = tmp_path / "secret_key", tmp_path / "database_url"
+    key = secrets.token_urlsafe(64)
+    secret_key.write_text(key + "\n")
+    database_url.write_text(PRODUCTION["DATABASE_URL"] + "\n")
+    env = {k: v for k, v in PRODUCTION.items() if k not in {"SECRET_KEY", "DATABASE_URL"}}
+    env |= {"SECRET_KEY_FILE": str(secret_key), "DATABASE_URL_FILE": str(database_url)}
+    code = "import django; django.setup(); from django.conf import settings as s; " \
+           "print(s.SECRET_KEY, s.DATABASES['default']['NAME'])"  # fmt: skip
+    result = subprocess.run([sys.executable, "-c", code], cwd=REPO_DIR / "app",
+                            env={**env, "DJANGO_SETTINGS_MODULE": "core.settings"},
+                            capture_output=True, text=True, timeout=60, check=False)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == [key, PRODUCTION["DATABASE_URL"].rsplit("/", 1)[1]]
+    broken = django_setup({**env, "SECRET_KEY_FILE": str(tmp_path / "missing")})
+    assert "SECRET_KEY_FILE: cannot read" in broken.stderr.splitlines()[-1]
+
+
+def test_the_shell_scripts_read_the_same_secret_files(tmp_path) -> None:
+    """deployments/compose/file-env (PgBouncer, Redis, the backup, the entrypoint) knows the same
+    secrets as the settings, and sets each from its file."""
+    from core.settings import SECRET_VARIABLES
+
+    file_env = REPO_DIR / "deployments" / "compose" / "file-env"
+    listed = file_env.read_text().split('secret_variables="', 1)[1].split('"', 1)[0].split()
+    assert tuple(listed) == SECRET_VARIABLES
+    (tmp_path / "password").write_text("s3cret\n")
+    shell = subprocess.run(
+        ["bash", "-c", f'. {file_env}; printf "%s|%s" "$REDIS_BROKER_PASSWORD" "$APP_DB_PASSWORD"'],
+        env={"PATH": os.environ["PATH"], "REDIS_BROKER_PASSWORD_FILE": str(tmp_path / "password"),
+             "APP_DB_PASSWORD": "kept", "APP_DB_PASSWORD_FILE": str(tmp_path / "password"),
+             "TF_CLI_CONFIG_FILE": "/nonexistent"},
+        capture_output=True, text=True, timeout=30, check=False,
+    )  # fmt: skip
+    assert (shell.returncode, shell.stdout) == (0, "s3cret|kept"), shell.stderr

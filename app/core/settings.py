@@ -6,6 +6,7 @@ start-up with an error that names it. Variables are documented in `.env.example`
 """
 
 import ipaddress
+import os
 from pathlib import Path
 
 from django.core.exceptions import ImproperlyConfigured
@@ -23,6 +24,30 @@ env = Env(expand_vars=True)
 
 def _fail(variable: str, reason: str) -> None:
     raise ImproperlyConfigured(f"{variable}: {reason}")
+
+
+# Secrets as files (Swarm and Kubernetes secrets): VAR_FILE names a file holding VAR. Read here,
+# so that every Python process has them, `docker exec` ones included; the same list as
+# deployments/compose/file-env, which does this for the shell scripts (a test compares them).
+SECRET_VARIABLES = (
+    "SECRET_KEY", "DATABASE_URL", "DATABASE_DIRECT_URL", "CELERY_BROKER_URL",
+    "CELERY_RESULT_BACKEND", "CACHE_URL", "DIAGNOSTICS_TOKEN", "FLOWER_BASIC_AUTH", "EMAIL_URL",
+    "SENTRY_DSN", "POSTGRES_PASSWORD", "APP_DB_PASSWORD", "PGBOUNCER_ADMIN_PASSWORD",
+    "REDIS_BROKER_PASSWORD", "REDIS_CACHE_PASSWORD",
+)  # fmt: skip
+
+
+def read_secret_files(environ: dict[str, str] = os.environ) -> None:
+    for name in SECRET_VARIABLES:
+        path = environ.get(f"{name}_FILE")
+        if path and not environ.get(name):
+            try:
+                environ[name] = Path(path).read_text().rstrip("\n")
+            except OSError as exc:
+                _fail(f"{name}_FILE", f"cannot read {path} ({exc.strerror})")
+
+
+read_secret_files()
 
 
 try:
