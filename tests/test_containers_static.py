@@ -239,3 +239,15 @@ def test_monitoring_services_get_only_their_servers_credentials(tmp_path: Path) 
     for name, service in services.items():
         if service.get("image") == "core-monitoring:latest":
             assert service["read_only"] is True and service["cap_drop"] == ["ALL"], name
+
+
+def test_only_the_django_image_can_initialise_the_media_volume() -> None:
+    """Docker gives an empty named volume the owner of the mount point in the first image that
+    mounts it; backup's /media (the postgres image's) is root's, and with it first the app could
+    not write an upload (seen on Swarm). Every other image mounts media with nocopy."""
+    services = resolved(".env.prod.example", ("docker-compose.yml",))["services"]
+    django_image = services["web"]["image"]
+    for name, svc in services.items():
+        for volume in svc.get("volumes", []):
+            if volume.get("source") == "media" and svc.get("image") != django_image:
+                assert volume.get("volume", {}).get("nocopy") is True, name
