@@ -8,6 +8,7 @@ shape the issue asked for (one Recreate beat, an HPA on web, probes and limits e
 """
 
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -28,7 +29,9 @@ JUSTIFIED_SKIPS = {"CKV_K8S_43", "CKV_K8S_40"}
 def run(*command: str) -> subprocess.CompletedProcess[str]:
     uv = REPO_DIR / ".tools" / "bin" / "uv"
     argv = [str(uv), *command[1:]] if command[0] == "uv" else list(command)
-    return subprocess.run(argv, cwd=REPO_DIR, capture_output=True, text=True, timeout=600)
+    # The checkers' virtualenv in var/, not by their pyproject (the linters walk deployments/).
+    env = {**os.environ, "UV_PROJECT_ENVIRONMENT": str(REPO_DIR / "var" / "kubernetes-checks")}
+    return subprocess.run(argv, cwd=REPO_DIR, env=env, capture_output=True, text=True, timeout=600)
 
 
 @cache
