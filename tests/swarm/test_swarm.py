@@ -150,6 +150,10 @@ def test_readyz_over_tls_and_secrets_are_files(swarm: Swarm) -> None:
         ["cache_url", "celery_broker_url", "celery_result_backend", "database_url",
          "diagnostics_token", "email_url", "secret_key"]
     )  # fmt: skip
+    # nginx's and PgBouncer's templates are Swarm configs (a change rolls out, no new image).
+    fmt = "{{range .Spec.TaskTemplate.ContainerSpec.Configs}}{{.File.Name}} {{end}}"
+    targets = docker("service", "inspect", f"{STACK}_nginx", "--format", fmt).split()
+    assert "/deployments/compose/nginx/nginx.conf.template" in targets, targets
     assert swarm.exec("pgbouncer", "ls", "/run/secrets").split() == sorted(
         ["app_db_password", "pgbouncer_admin_password", "postgres_password"]
     )
