@@ -7,17 +7,16 @@ import time
 import pytest
 
 import stack
+from tests.conftest import NativeStack
 from tests.stack_env import REPO_DIR, STACK_ENV
 
 ENTRYPOINT = REPO_DIR / "deployments" / "compose" / "django" / "entrypoint"
 
 
-# Dependencies the machine itself runs (platform notes), unless a test points one elsewhere.
-MACHINE_SERVICES = {
-    "DATABASE_URL": "postgres://postgres@127.0.0.1:5432/postgres",
-    "CELERY_BROKER_URL": "redis://127.0.0.1:6379/0",
-    "CACHE_URL": "redis://127.0.0.1:6379/1",
-}
+def dependencies(stack_env: dict[str, str]) -> dict[str, str]:
+    """The test stack's own database (through PgBouncer), broker and cache: never the servers
+    the machine runs for everyone (5432/6379)."""
+    return {name: stack_env[name] for name in ("DATABASE_URL", "CELERY_BROKER_URL", "CACHE_URL")}
 
 
 def run_entrypoint(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
@@ -38,11 +37,15 @@ def closed_port() -> int:
     [
         ("DATABASE_URL", "postgres://core:pw@127.0.0.1:{port}/core", "database"),
         ("CELERY_BROKER_URL", "redis://127.0.0.1:{port}/0", "broker"),
+        ("CACHE_URL", "redis://127.0.0.1:{port}/1", "cache"),
     ],
 )
-def test_entrypoint_gives_up_naming_the_dependency(variable: str, url: str, name: str) -> None:
+def test_entrypoint_gives_up_naming_the_dependency(
+    native_stack: NativeStack, variable: str, url: str, name: str
+) -> None:
     port = closed_port()
-    env = {**STACK_ENV, **MACHINE_SERVICES, variable: url.format(port=port), "WAIT_TIMEOUT": "3"}
+    env = {**STACK_ENV, **dependencies(native_stack.env), variable: url.format(port=port),
+           "WAIT_TIMEOUT": "3"}  # fmt: skip
     started = time.monotonic()
     result = run_entrypoint(env)
     elapsed = time.monotonic() - started
@@ -55,8 +58,8 @@ def test_entrypoint_gives_up_naming_the_dependency(variable: str, url: str, name
     assert elapsed < 30
 
 
-def test_entrypoint_runs_the_command_when_dependencies_answer() -> None:
-    result = run_entrypoint({**STACK_ENV, **MACHINE_SERVICES})
+def test_entrypoint_runs_the_command_when_dependencies_answer(native_stack: NativeStack) -> None:
+    result = run_entrypoint({**STACK_ENV, **dependencies(native_stack.env)})
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip().endswith("started")
 
