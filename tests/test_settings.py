@@ -49,6 +49,8 @@ def test_production_settings_load() -> None:
         ("CELERY_TASK_SOFT_TIME_LIMIT", "9999", "CELERY_TASK_SOFT_TIME_LIMIT"),
         ("LOG_FORMAT", "xml", "LOG_FORMAT"),
         ("SENTRY_TRACES_SAMPLE_RATE", "2", "SENTRY_TRACES_SAMPLE_RATE"),
+        ("MEDIA_STORAGE", "s3", "S3_BUCKET: is required with MEDIA_STORAGE=s3"),
+        ("MEDIA_STORAGE", "ftp", "MEDIA_STORAGE"),
     ],
 )
 def test_bad_production_env_names_the_variable(variable: str, value: str, message: str) -> None:

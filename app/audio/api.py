@@ -1,9 +1,6 @@
 """REST API for audio jobs (DRF). Every query is scoped to the requesting user: another user's
 job is a 404, never a 403."""
 
-from pathlib import Path
-
-from django.conf import settings
 from django.db.models import QuerySet
 from django.http import Http404, HttpResponse
 from drf_spectacular.utils import OpenApiParameter, extend_schema
@@ -19,22 +16,8 @@ from .models import WAVEFORM_CONTENT_TYPES, Job
 from .permissions import JobActionThrottle, UploadThrottle
 from .presets import PRESETS
 from .serializers import JobSerializer, UploadSerializer
-from .services import events
+from .services import events, media_store
 from .services import jobs as job_services
-
-
-def protected_file(path: Path, content_type: str, download_name: str | None = None) -> HttpResponse:
-    """Django checked the permission; nginx sends the bytes (X-Accel-Redirect to the internal
-    /protected-media/ location, which maps to MEDIA_ROOT)."""
-    if not path.exists():
-        raise Http404
-    relative = path.resolve().relative_to(Path(settings.MEDIA_ROOT).resolve())
-    response = HttpResponse(content_type=content_type)
-    response["X-Accel-Redirect"] = f"/protected-media/{relative.as_posix()}"
-    if download_name:
-        response["Content-Disposition"] = f'attachment; filename="{download_name}"'
-    return response
-
 
 JSON = "application/json"
 
@@ -145,7 +128,7 @@ class JobViewSet(
         stem = "".join(c for c in job.original_name.rsplit(".", 1)[0] if c.isalnum() or c in "-_ ")
         extension = rendition.file_name.rsplit(".", 1)[-1]
         name = f"{(stem.strip() or 'audio')[:80]}-{job.preset}.{extension}"
-        return protected_file(rendition.path, rendition.content_type, name)
+        return media_store.download(rendition.path, rendition.content_type, name)
 
     @extend_schema(responses={(200, "application/octet-stream"): bytes})
     @action(
@@ -157,4 +140,4 @@ class JobViewSet(
         job = self.get_object()
         if not job.has_waveform:
             raise Http404
-        return protected_file(job.waveform_path(kind), WAVEFORM_CONTENT_TYPES[kind])
+        return media_store.download(job.waveform_path(kind), WAVEFORM_CONTENT_TYPES[kind])

@@ -33,7 +33,7 @@ SECRET_VARIABLES = (
     "SECRET_KEY", "DATABASE_URL", "DATABASE_DIRECT_URL", "CELERY_BROKER_URL",
     "CELERY_RESULT_BACKEND", "CACHE_URL", "DIAGNOSTICS_TOKEN", "FLOWER_BASIC_AUTH", "EMAIL_URL",
     "SENTRY_DSN", "POSTGRES_PASSWORD", "APP_DB_PASSWORD", "PGBOUNCER_ADMIN_PASSWORD",
-    "REDIS_BROKER_PASSWORD", "REDIS_CACHE_PASSWORD",
+    "REDIS_BROKER_PASSWORD", "REDIS_CACHE_PASSWORD", "S3_ACCESS_KEY_ID", "S3_SECRET_ACCESS_KEY",
 )  # fmt: skip
 
 
@@ -75,6 +75,18 @@ try:
 
     STATIC_ROOT = env.path("STATIC_ROOT", REPO_DIR / "assets" / "staticfiles")
     MEDIA_ROOT = env.path("MEDIA_ROOT", REPO_DIR / "assets" / "media")
+    # filesystem: jobs' files in MEDIA_ROOT, shared by web, workers and nginx; s3: in a bucket of
+    # an S3-compatible store (web and workers on different hosts), MEDIA_ROOT their scratch.
+    MEDIA_STORAGE = env.str("MEDIA_STORAGE", "filesystem", validate=OneOf(["filesystem", "s3"]))
+    S3_BUCKET = env.str("S3_BUCKET", "")
+    S3_ENDPOINT_URL = env.str("S3_ENDPOINT_URL", "")  # empty: AWS's own
+    S3_REGION = env.str("S3_REGION", "us-east-1")
+    S3_ACCESS_KEY_ID = env.str("S3_ACCESS_KEY_ID", "")
+    S3_SECRET_ACCESS_KEY = env.str("S3_SECRET_ACCESS_KEY", "")
+    # How long a download link (a redirect to a signed URL) works.
+    S3_URL_EXPIRE_S = env.int("S3_URL_EXPIRE_S", 300, validate=Range(min=10, max=86400))
+    if MEDIA_STORAGE == "s3" and not S3_BUCKET:
+        _fail("S3_BUCKET", "is required with MEDIA_STORAGE=s3")
     UPLOAD_MAX_MB = env.int("UPLOAD_MAX_MB", 200, validate=Range(min=1, max=4096))
 
     DIAGNOSTICS_TOKEN = env.str("DIAGNOSTICS_TOKEN", "")
@@ -272,8 +284,20 @@ USE_TZ = True
 
 STATIC_URL = "/static/"
 MEDIA_URL = "/media/"
+MEDIA_STORE = {
+    "filesystem": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    "s3": {
+        "BACKEND": "storages.backends.s3.S3Storage",
+        "OPTIONS": {
+            "bucket_name": S3_BUCKET, "endpoint_url": S3_ENDPOINT_URL or None,
+            "region_name": S3_REGION, "access_key": S3_ACCESS_KEY_ID or None,
+            "secret_key": S3_SECRET_ACCESS_KEY or None, "signature_version": "s3v4",
+            "querystring_expire": S3_URL_EXPIRE_S, "file_overwrite": True, "default_acl": None,
+        },
+    },
+}  # fmt: skip
 STORAGES = {
-    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    "default": MEDIA_STORE[MEDIA_STORAGE],
     "staticfiles": {
         "BACKEND": "django.contrib.staticfiles.storage.ManifestStaticFilesStorage"
         if PRODUCTION

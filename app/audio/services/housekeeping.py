@@ -4,7 +4,6 @@ The operator commands (`requeue_stuck_jobs`, `purge_jobs`) call the same functio
 from __future__ import annotations
 
 import logging
-import shutil
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -19,7 +18,7 @@ from django.utils import timezone
 from core import broker
 
 from ..models import Job, JobQuerySet
-from . import events
+from . import events, media_store
 from .jobs import delete_job, enqueue_run, new_task_id
 from .pipeline import fail_run
 
@@ -178,7 +177,7 @@ def purge_job_files(job: Job, now: datetime | None = None) -> bool:
     ).update(files_purged_at=now, has_waveform=False)  # fmt: skip
     if not marked:
         return False
-    shutil.rmtree(job.directory, ignore_errors=True)
+    media_store.remove(job.directory)
     job.renditions.all().delete()
     events.job_changed(job.pk)  # its downloads are gone from cached pages too
     return True

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import errno
 import logging
-import shutil
 import uuid
 from datetime import timedelta
 
@@ -22,7 +21,7 @@ from ..models import Job, Rendition
 from ..presets import PRESETS
 from ..processing import media
 from ..tasks import process_job as process_job_task
-from . import events
+from . import events, media_store
 
 logger = logging.getLogger(__name__)
 OUT_OF_SPACE = (errno.ENOSPC, errno.EDQUOT)
@@ -127,7 +126,7 @@ def create_job(owner: AbstractBaseUser, upload: UploadedFile, preset: str) -> Jo
             enqueue_run(job.pk, job.task_id)
             events.job_changed(job.pk)
     except BaseException:
-        shutil.rmtree(job.directory, ignore_errors=True)
+        media_store.remove(job.directory)
         raise
     logger.info("job %s created by user %s (task %s)", job.pk, owner.pk, job.task_id)
     return job
@@ -149,6 +148,8 @@ def _store_source(job: Job, upload: UploadedFile) -> None:
         media.inspect(job.source_path, limits())  # header only; the worker decodes everything
     except media.InvalidAudio as exc:
         raise Refused(str(exc)) from exc
+    media_store.publish(job.source_path)
+    media_store.remove_local(job.directory)
 
 
 def cancel_job(job: Job) -> None:
@@ -218,4 +219,4 @@ def delete_job(job: Job) -> None:
         Job.objects.select_for_update().filter(pk=job_id).exists()
         job.delete()
         events.job_deleted(owner_id, job_id)
-    shutil.rmtree(directory, ignore_errors=True)
+    media_store.remove(directory)

@@ -28,7 +28,7 @@ from .. import metrics
 from ..models import Job, JobQuerySet, Rendition
 from ..presets import PRESETS
 from ..processing import encode, image, media
-from . import events, notifications
+from . import events, media_store, notifications
 from .jobs import OUT_OF_SPACE, limits
 
 logger = logging.getLogger(__name__)
@@ -55,6 +55,7 @@ def process_job(job_id: str, task_id: str) -> None:
         return
     try:
         with Run(job, task_id) as run:
+            media_store.fetch(job.source_path)
             result = _process(job, run)
             _commit(job, run, result)
     except (RunLost, encode.Stopped):
@@ -211,6 +212,7 @@ def _commit(job: Job, run: Run, result: _Result) -> None:
         for path in run.directory.iterdir():
             path.chmod(0o644)  # nginx's workers (another user) send them
             path.replace(job.directory / path.name)
+            media_store.publish(job.directory / path.name)
         job.renditions.exclude(format__in=result.renditions).delete()
         for name, rendition in result.renditions.items():
             Rendition.objects.update_or_create(job=job, format=name, defaults={
@@ -229,6 +231,7 @@ def _commit(job: Job, run: Run, result: _Result) -> None:
         )  # fmt: skip
         events.job_changed(job.pk)
         notifications.notify_finished(job.pk)
+    media_store.remove_local(job.directory)
     metrics.run_finished(job.preset, Job.Status.DONE, job.started_at, result.analysis.duration_s)
     logger.info("job %s: done (task %s)", job.pk, run.task_id)
 
