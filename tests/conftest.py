@@ -48,6 +48,10 @@ class NativeStack:
         return f"https://localhost:{self.env['NGINX_HTTPS_PORT']}"
 
     @property
+    def media_root(self) -> Path:
+        return Path(self.env["MEDIA_ROOT"])
+
+    @property
     def ca_file(self) -> str:
         return str(Path(self.env["TLS_CERT"]).parent / "ca.pem")
 

@@ -104,8 +104,34 @@ def hostile_tags(d: Path) -> Path:
     return signals.write(d / "tags.flac", signals.tone(2), "flac", metadata=tags)
 
 
-# name -> (maker, expected outcome, words the reason must contain)
-CORPUS: dict[str, tuple[Callable[[Path], Path], str, str]] = {
+def wav_12_channels(d: Path) -> Path:
+    pcm = np.zeros(48_000 * 12, dtype="<i2").tobytes()
+    (d / "surround.wav").write_bytes(wav_header(48_000, 12, len(pcm)) + pcm)
+    return d / "surround.wav"
+
+
+def wav_384_khz(d: Path) -> Path:
+    pcm = (signals.tone(1, rate=384_000)[:, :1] * 32767).astype("<i2").tobytes()
+    (d / "ultrasonic.wav").write_bytes(wav_header(384_000, 1, len(pcm)) + pcm)
+    return d / "ultrasonic.wav"
+
+
+def tags_are_clean(job: dict) -> str:
+    """What is wrong with the stored tags of `hostile_tags` ("" when nothing)."""
+    tags = job["source_metadata"]["tags"]
+    if any(ch in tags["title"] for ch in "\u202e\x00\r\n"):
+        return f"control characters kept: {tags['title']!r}"
+    if not tags["title"].startswith("<img"):
+        return f"title not kept as text: {tags['title']!r}"
+    if not 0 < len(tags["artist"]) <= 200:
+        return f"artist not truncated: {len(tags['artist'])} characters"
+    return ""
+
+
+# name -> (maker, expected outcome, words the reason must contain: in the 400's detail, the
+# failed job's error, or a done job's rendition notes; or a check of the done job that returns
+# what is wrong)
+CORPUS: dict[str, tuple[Callable[[Path], Path], str, str | Callable[[dict], str]]] = {
     "zero bytes": (zero_bytes, "400", "empty"),
     "text renamed .mp3": (text_as_mp3, "400", "not a supported audio format"),
     "truncated WAV": (truncated_wav, "400", "truncated"),
@@ -116,6 +142,19 @@ CORPUS: dict[str, tuple[Callable[[Path], Path], str, str]] = {
     "ffconcat script as WAV": (ffconcat_as_wav, "400", "not a supported audio format"),
     "HLS playlist as MP3": (hls_as_mp3, "400", "not a supported audio format"),
     "NaN samples": (nan_samples, "failed", "NaN"),
+    "WAV with 12 channels": (wav_12_channels, "400", "12 channels is outside 1-8"),
+    "WAV at 384 kHz": (wav_384_khz, "400", "sample rate 384000 Hz is outside"),
     "silence": (silence, "done", "silent"),
-    "hostile tags": (hostile_tags, "done", ""),
+    "hostile tags": (hostile_tags, "done", tags_are_clean),
 }
+
+
+def problem(case: str, job: dict) -> str:
+    """What is wrong with a processed job of this case ("" when nothing)."""
+    _, outcome, reason = CORPUS[case]
+    if job["status"] != outcome:
+        return f"status {job['status']!r}, expected {outcome!r} (error: {job['error']!r})"
+    if callable(reason):
+        return reason(job)
+    text = job["error"] if outcome == "failed" else " ".join(r["note"] for r in job["renditions"])
+    return "" if reason in text else f"{reason!r} not in {text!r}"

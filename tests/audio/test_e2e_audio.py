@@ -2,6 +2,8 @@
 PgBouncer -> PostgreSQL; the real Celery worker; files through X-Accel-Redirect; real SMTP."""
 
 import time
+from contextlib import closing
+from html.parser import HTMLParser
 from pathlib import Path
 
 import httpx
@@ -9,7 +11,7 @@ import psycopg
 import pytest
 
 from audio.processing import media
-from tests.audio import corpus, signals
+from tests.audio import corpus, reference_meter, signals
 from tests.conftest import NativeStack
 
 pytestmark = pytest.mark.e2e
@@ -38,7 +40,8 @@ def test_upload_to_download_through_the_stack(
     native_stack: NativeStack, smtp_sink, tmp_path
 ) -> None:
     with native_stack.client() as client:
-        auth = native_stack.signup("alice").auth
+        account = native_stack.signup("alice")
+        auth = account.auth
         source = signals.write(tmp_path / "episode.m4a", signals.program(20), "m4a")
         response = upload(client, auth, source)
         assert response.status_code == 202, response.text
@@ -57,6 +60,9 @@ def test_upload_to_download_through_the_stack(
             measured = media.analyse(path, waveform=False).loudness
             assert abs(measured.integrated_lufs + 16) <= 1.0
             assert measured.true_peak_dbtp <= -1.0
+            reference = reference_meter.measure(path)  # FFmpeg's ebur128, one decimal
+            assert abs(reference.integrated_lufs + 16) <= 1.0, reference
+            assert reference.true_peak_dbtp <= -1.0 + 0.1, reference
         peaks = client.get(job["waveform"]["json"], headers=auth).json()
         assert peaks["version"] == 2 and peaks["length"] > 100
         png = client.get(job["waveform"]["png"], headers=auth)
@@ -67,9 +73,53 @@ def test_upload_to_download_through_the_stack(
         intruder = native_stack.signup("mallory").auth
         stolen = client.get(job["renditions"][0]["download_url"], headers=intruder)
         assert stolen.status_code == 404
+    # The email: both parts name the file and each rendition's loudness, and link to the job's
+    # page on this stack's own address (SITE_URL), which the owner then opens.
     email = smtp_sink.wait_for(lambda m: "episode.m4a" in m["subject"] and "ready" in m["subject"])
-    assert email.get_body(("html",)) is not None
-    assert job["id"] in email.get_body(("plain",)).get_content()
+    link = f"{native_stack.base_url}/jobs/{job['id']}/"
+    plain = email.get_body(("plain",)).get_content()
+    html = HtmlParts(email.get_body(("html",)).get_content())
+    assert f"Details and downloads: {link}" in plain
+    assert html.links == [link]
+    assert '"episode.m4a" is ready (podcast preset)' in plain and "episode.m4a" in html.strong
+    for rendition in job["renditions"]:
+        lufs = rendition["loudness"]["integrated_lufs"]
+        assert f"- {rendition['format'].upper()}: {lufs} LUFS" in plain
+        assert [rendition["format"].upper(), f"{lufs} LUFS"] == html.row(rendition["format"])[:2]
+    with closing(native_stack.session(account)) as browser:
+        page = browser.get(link.removeprefix(native_stack.base_url))
+        assert page.status_code == 200 and "episode.m4a" in page.text
+
+
+class HtmlParts(HTMLParser):
+    """The links, bold text and table rows of an HTML email."""
+
+    def __init__(self, html: str) -> None:
+        super().__init__()
+        self.links: list[str] = []
+        self.strong = ""
+        self.rows: list[list[str]] = []
+        self._tag = ""
+        self.feed(html)
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        self._tag = tag
+        if tag == "a":
+            self.links.append(dict(attrs)["href"] or "")
+        elif tag == "tr":
+            self.rows.append([])
+
+    def handle_data(self, data: str) -> None:
+        if self._tag == "strong":
+            self.strong += data
+        elif self._tag == "td" and data.strip():
+            self.rows[-1].append(" ".join(data.split()))
+
+    def handle_endtag(self, tag: str) -> None:
+        self._tag = ""
+
+    def row(self, fmt: str) -> list[str]:
+        return next(r for r in self.rows if r and r[0] == fmt.upper())
 
 
 def test_a_bad_file_fails_with_a_reason_and_an_email(native_stack, smtp_sink, tmp_path) -> None:

@@ -12,7 +12,7 @@ import pytest
 
 from audio.presets import PRESETS
 from audio.processing import encode, media
-from tests.audio import signals
+from tests.audio import reference_meter, signals
 from tests.stack_env import REPO_DIR
 
 LIMITS = media.Limits(max_duration_s=600)
@@ -85,6 +85,37 @@ def test_renditions_reach_the_target_under_the_ceiling(tmp_path, preset_name, ma
         assert rendition.within_target, (name, loud, rendition.note)
         assert abs(loud.integrated_lufs - preset.target_lufs) <= 1.0, (name, loud)
         assert loud.true_peak_dbtp <= preset.ceiling_dbtp, (name, loud)
+        assert_reference_meter_agrees(rendition, preset)
+
+
+def assert_reference_meter_agrees(rendition: encode.Rendition, preset) -> None:
+    """FFmpeg's ebur128 filter (decoding with FFmpeg's CLI, measuring with its own code) reads
+    the delivered file within the promise too. It prints one decimal and oversamples with its own
+    filter, so its true peak may sit up to 0.1 dB above the project's reading."""
+    reference = reference_meter.measure(rendition.path)
+    name = rendition.format.name
+    assert abs(reference.integrated_lufs - preset.target_lufs) <= 1.0, (name, reference)
+    assert reference.true_peak_dbtp <= preset.ceiling_dbtp + 0.1, (name, reference)
+    assert abs(reference.integrated_lufs - rendition.loudness.integrated_lufs) <= 0.2, (
+        name, reference, rendition.loudness)  # fmt: skip
+
+
+def test_a_click_train_is_too_dynamic_and_the_rendition_says_so(tmp_path) -> None:
+    """Single-sample clicks a second apart read about -40 LUFS with peaks at 0 dBFS: the gain to
+    -16 LUFS lifts every click into the limiter, which holds them at its level, so no gain reaches
+    the target under the ceiling. The rendition is delivered nearest to the promise, with a note."""
+    samples = np.zeros((signals.RATE * 10, 2))
+    samples[:: signals.RATE] = 0.99
+    source = signals.write(tmp_path / "clicks.wav", samples)
+    analysis = media.analyse(source, LIMITS)
+    rendition = encode.render(
+        source, analysis, encode.FORMATS["mp3"], tmp_path / "out.mp3",
+        target_lufs=-16, ceiling_dbtp=-1, limits=LIMITS,
+    )  # fmt: skip
+    assert not rendition.within_target, rendition
+    assert "too dynamic" in rendition.note, rendition.note
+    assert rendition.loudness.integrated_lufs < -17, rendition.loudness
+    assert rendition.loudness.true_peak_dbtp <= -1, rendition.loudness
 
 
 def test_limited_speech_gets_its_gain_from_raw_pcm_and_encodes_once(tmp_path) -> None:
