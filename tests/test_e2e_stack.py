@@ -13,6 +13,7 @@ import httpx
 import psycopg
 import pytest
 
+from core.management.commands.migrate_safely import MIGRATION_LOCK_KEY
 from tests.conftest import NativeStack
 from tests.stack_env import REPO_DIR
 
@@ -48,30 +49,43 @@ def pgbouncer_config(env: dict[str, str]) -> dict[str, str]:
     return {row[0]: row[1] for row in rows}
 
 
-def server_connections(env: dict[str, str]) -> int:
-    """Client backends PostgreSQL sees on the app's database as the app's role: the pooler's
-    server connections of the app's pool (PgBouncer keeps one pool per user and database)."""
+def app_sessions(env: dict[str, str]) -> set[int]:
+    """Backend pids of the client sessions PostgreSQL has on the app's database as the app's
+    role (PgBouncer keeps one pool per user and database)."""
     with psycopg.connect(env["DATABASE_DIRECT_URL"], autocommit=True) as conn:
-        (count,) = conn.execute(
-            "SELECT count(*) FROM pg_stat_activity WHERE datname = %s AND usename = %s "
+        rows = conn.execute(
+            "SELECT pid FROM pg_stat_activity WHERE datname = %s AND usename = %s "
             "AND backend_type = 'client backend' AND pid <> pg_backend_pid()",
             [env["POSTGRES_DB"], env["APP_DB_USER"]],
-        ).fetchone()
-    return count
+        ).fetchall()
+    return {pid for (pid,) in rows}
+
+
+def pooler_sessions(env: dict[str, str]) -> set[int]:
+    """Backend pids of PgBouncer's server connections (SHOW SERVERS' remote_pid)."""
+    with admin_console(env) as conn:
+        cursor = conn.execute("SHOW SERVERS")
+        column = [c.name for c in cursor.description].index("remote_pid")
+        return {row[column] for row in cursor.fetchall()}
 
 
 class PeakSessions:
-    """Samples, in the background, the most sessions PostgreSQL sees at once on the app's DB."""
+    """Samples, in the background, the sessions PostgreSQL has on the app's database: the most at
+    once, and any that is not one of PgBouncer's server connections (a client that bypassed it).
+    PgBouncer is read after PostgreSQL, so a session opened in between is already listed."""
 
     def __init__(self, env: dict[str, str]) -> None:
         self.env = env
         self.peak = 0
+        self.bypassing: set[int] = set()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._sample)
 
     def _sample(self) -> None:
         while not self._stop.is_set():
-            self.peak = max(self.peak, server_connections(self.env))
+            sessions = app_sessions(self.env)
+            self.bypassing |= sessions - pooler_sessions(self.env)
+            self.peak = max(self.peak, len(sessions))
             time.sleep(0.05)
 
     def __enter__(self) -> "PeakSessions":
@@ -87,13 +101,25 @@ def test_readyz_through_nginx_over_tls(native_stack: NativeStack) -> None:
     with native_stack.client() as client:
         response = client.get("/readyz")
     assert response.status_code == 200, response.text
-    assert response.http_version in {"HTTP/1.1", "HTTP/2"}
     checks = response.json()["checks"]
     assert {name for name, check in checks.items() if check["ok"]} == {
         "database",
         "cache",
         "broker",
     }
+
+
+@pytest.mark.parametrize(("flag", "version"), [("--http2", "2"), ("--http1.1", "1.1")])
+def test_nginx_speaks_http2_and_http1_over_tls(native_stack: NativeStack, flag, version) -> None:
+    """curl offers h2 by ALPN with --http2: nginx must pick it (`http2 on`), and still serve a
+    client that speaks only HTTP/1.1."""
+    result = subprocess.run(
+        ["curl", "--silent", "--show-error", flag, "--cacert", native_stack.ca_file,
+         "--output", "/dev/null", "--write-out", "%{http_version} %{http_code}",
+         f"{native_stack.base_url}/healthz"],
+        capture_output=True, text=True, timeout=30, check=True,
+    )  # fmt: skip
+    assert result.stdout == f"{version} 200"
 
 
 def test_http_redirects_to_https_except_acme(native_stack: NativeStack) -> None:
@@ -210,10 +236,36 @@ def test_pgbouncer_runs_in_transaction_mode_with_scram(native_stack: NativeStack
             password="wrong",
             connect_timeout=5,
         )
-    # Transaction pooling in action: one client connection, many server sessions.
-    with psycopg.connect(env["DATABASE_URL"], autocommit=True, prepare_threshold=None) as conn:
-        application = conn.execute("SELECT current_setting('application_name')").fetchone()
-    assert application is not None
+
+
+def test_transaction_pooling_serves_more_clients_than_the_pool_has_sessions(
+    native_stack: NativeStack,
+) -> None:
+    """pool_size + 5 clients stay connected and each runs a query after the others have: with
+    transaction pooling each query borrows a server session for its transaction only, so all
+    are answered while PostgreSQL holds at most pool_size sessions. With session pooling the
+    client after the pool's last would wait (query_wait_timeout, 120 s) for a session."""
+    env = native_stack.env
+    pool_size = int(pgbouncer_config(env)["default_pool_size"])
+    answers: list[int] = []
+    clients = [
+        psycopg.connect(env["DATABASE_URL"], autocommit=True, prepare_threshold=None)
+        for _ in range(pool_size + 5)
+    ]
+    try:
+        for index, conn in enumerate(clients):
+            query = threading.Thread(
+                target=lambda c=conn: answers.append(c.execute("SELECT 1").fetchone()[0]),
+                daemon=True,
+            )
+            query.start()
+            query.join(15)
+            assert len(answers) == index + 1, f"client {index + 1} of {len(clients)} waited"
+            sessions = app_sessions(env)
+            assert len(sessions) <= pool_size and sessions <= pooler_sessions(env)
+    finally:
+        for conn in clients:
+            conn.close()
 
 
 def test_postgres_never_sees_more_than_the_pool_under_200_direct_clients(
@@ -244,6 +296,7 @@ def test_postgres_never_sees_more_than_the_pool_under_200_direct_clients(
     assert errors == []
     peak = sessions.peak
     assert 1 <= peak <= pool_size, f"PostgreSQL saw {peak} sessions, pool is {pool_size}"
+    assert sessions.bypassing == set()
 
 
 def test_200_concurrent_clients_on_a_db_endpoint_through_nginx(native_stack: NativeStack) -> None:
@@ -271,7 +324,10 @@ def test_200_concurrent_clients_on_a_db_endpoint_through_nginx(native_stack: Nat
         codes = asyncio.run(hammer())
     assert len(codes) == 600
     assert codes.count(200) == 600, {code: codes.count(code) for code in set(codes)}
-    assert 1 <= sessions.peak <= pool_size
+    # web's pools (workers x DATABASE_POOL_MAX_SIZE) stay under PgBouncer's pool, so the peak
+    # alone could not show a bypass: every session must be one of PgBouncer's.
+    assert sessions.peak >= 1 and sessions.bypassing == set()
+    assert sessions.peak <= pool_size
 
 
 def test_readyz_503_while_pgbouncer_is_down_then_recovers_without_restarting_web(
@@ -338,7 +394,9 @@ def test_tls_is_mozilla_intermediate_compliant(native_stack: NativeStack) -> Non
 
 
 def test_migrations_are_safe_when_two_start_at_once(native_stack: NativeStack) -> None:
-    """Migrations run directly on PostgreSQL, under an advisory lock: two at once both succeed."""
+    """Migrations run directly on PostgreSQL, under an advisory lock. The test holds the lock
+    while two start, sees both wait for it in pg_locks, then lets them go: one applies the
+    migrations, the other finds nothing to do."""
     env = native_stack.env
     with psycopg.connect(env["DATABASE_DIRECT_URL"], autocommit=True) as conn:
         conn.execute("DROP DATABASE IF EXISTS migrate_race")
@@ -346,20 +404,36 @@ def test_migrations_are_safe_when_two_start_at_once(native_stack: NativeStack) -
     direct = env["DATABASE_DIRECT_URL"].rsplit("/", 1)[0] + "/migrate_race"
     run_env = {**env, "DATABASE_URL": direct, "DATABASE_POOL_MAX_SIZE": "0"}
     command = [sys.executable, "manage.py", "migrate_safely"]
-    procs = [
-        subprocess.Popen(
-            command,
-            cwd=REPO_DIR / "app",
-            env=run_env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-        for _ in range(2)
-    ]
+    with psycopg.connect(direct, autocommit=True) as holder:
+        holder.execute("SELECT pg_advisory_lock(%s)", [MIGRATION_LOCK_KEY])
+        procs = [
+            subprocess.Popen(
+                command,
+                cwd=REPO_DIR / "app",
+                env=run_env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+            )
+            for _ in range(2)
+        ]
+
+        def waiting() -> int:
+            (count,) = holder.execute(
+                "SELECT count(*) FROM pg_locks l JOIN pg_database d ON d.oid = l.database "
+                "WHERE l.locktype = 'advisory' AND NOT l.granted AND l.objid = %s "
+                "AND d.datname = 'migrate_race'",
+                [MIGRATION_LOCK_KEY],
+            ).fetchone()
+            return count
+
+        assert wait_for(lambda: waiting() == 2, timeout=60), "both should wait for the lock"
+        assert [p.poll() for p in procs] == [None, None]
+        holder.execute("SELECT pg_advisory_unlock(%s)", [MIGRATION_LOCK_KEY])
     outputs = [p.communicate(timeout=300)[0] for p in procs]
     assert [p.returncode for p in procs] == [0, 0], outputs
     assert sum("Applying " in out for out in outputs) == 1, "exactly one process applied them"
+    assert sum("No migrations to apply." in out for out in outputs) == 1, outputs
     with psycopg.connect(direct) as conn:
         total, distinct = conn.execute(
             "SELECT count(*), count(DISTINCT (app, name)) FROM django_migrations"
