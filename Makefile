@@ -114,5 +114,5 @@ bench-startup: system-deps .venv/.synced ## benchmarks: cold and warm start of t
 bench-audio: test-deps .venv/.synced ## benchmarks: audio processing speed and accuracy vs the ffmpeg CLI
 	.venv/bin/python benchmarks/audio_speed.py
 
-clean: down ## stop the stack and delete its state (database, logs, certificates)
-	rm -rf var
+clean: .venv/.synced ## stop the stack and delete its state (STACK_DIR, var/ by default: database, media, logs, certificates)
+	$(STACK) clean

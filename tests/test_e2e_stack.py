@@ -356,6 +356,27 @@ def test_readyz_503_while_pgbouncer_is_down_then_recovers_without_restarting_web
     assert native_stack.pid("web") == web_pid
 
 
+@pytest.mark.parametrize("service", ["web", "celery_worker"])
+def test_supervisor_restarts_a_killed_process(native_stack: NativeStack, service: str) -> None:
+    """SIGKILL to web's Gunicorn master or the worker's main process (an OOM kill): supervisord
+    starts it again, and it serves (web's orphaned workers leave the port; the new worker runs
+    a task)."""
+    old_pid = native_stack.pid(service)
+    os.kill(old_pid, signal.SIGKILL)
+    new_pid = wait_for(lambda: native_stack.pid(service) not in (0, old_pid), timeout=60)
+    assert new_pid, native_stack.supervisorctl("status")
+
+    def serving() -> bool:
+        with native_stack.client() as client:
+            if service == "web":
+                return client.get("/api/presets/").status_code == 401  # answered by Django
+            response = client.get("/diagnostics/task", headers=native_stack.diagnostics_headers())
+            return response.status_code == 200 and response.json()["ok"]
+
+    assert wait_for(serving, timeout=90, interval=1), native_stack.log(service)[-3000:]
+    assert native_stack.pid(service) != old_pid
+
+
 def test_beat_restarts_cleanly_after_kill_9(native_stack: NativeStack) -> None:
     old_pid = native_stack.pid("celery_beat")
     killed_at = time.time()

@@ -3,6 +3,9 @@
 import json
 import os
 import subprocess
+import time
+import uuid
+from pathlib import Path
 
 import pytest
 
@@ -12,13 +15,25 @@ from tests.stack_env import ORIGINAL_ENVIRON, REPO_DIR, TEST_STACK_OVERRIDES
 pytestmark = pytest.mark.e2e
 
 
-def make(*args: str) -> subprocess.CompletedProcess[str]:
+def make_env(**overrides: str) -> dict[str, str]:
     env = {k: v for k, v in ORIGINAL_ENVIRON.items() if not k.startswith(("STACK_", "MAKE"))}
     env.update(TEST_STACK_OVERRIDES)  # the test stack's folder and ports, not var/'s
+    return {**env, **overrides}
+
+
+def make(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        ["make", "-s", *args], cwd=REPO_DIR, env=env, capture_output=True, text=True,
+        ["make", "-s", *args], cwd=REPO_DIR, env=make_env(**env), capture_output=True, text=True,
         timeout=300, check=False,
     )  # fmt: skip
+
+
+def pids(native_stack: NativeStack, *services: str) -> dict[str, int]:
+    return {service: native_stack.pid(service) for service in services}
+
+
+DJANGO = ("web", "events", "celery_worker", "celery_beat", "flower")
+SERVERS = ("postgres", "pgbouncer", "redis_broker", "redis_cache", "nginx")
 
 
 def test_make_manage_runs_a_command_in_the_stacks_environment(native_stack: NativeStack) -> None:
@@ -35,3 +50,84 @@ def test_make_ps_reports_every_service_healthy(native_stack: NativeStack) -> Non
     assert {row[0] for row in rows} >= {"web", "events", "celery_worker", "nginx", "prometheus"}
     assert all(row[2] == "healthy" for row in rows), result.stdout
     assert os.environ.get("MONITORING") == "1"  # the test stack runs the monitoring services
+
+
+def test_make_logs_follows_a_services_log(native_stack: NativeStack) -> None:
+    marker = f"/no-such-page-{uuid.uuid4().hex}"
+    follower = subprocess.Popen(
+        ["make", "-s", "logs", "S=nginx"], cwd=REPO_DIR, env=make_env(), text=True,
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
+    )  # fmt: skip
+    try:
+        time.sleep(1)  # tail has printed the last lines and follows
+        with native_stack.client() as client:
+            assert client.get(marker).status_code == 404
+        os.set_blocking(follower.stdout.fileno(), False)
+        seen, deadline = "", time.monotonic() + 15
+        while marker not in seen and time.monotonic() < deadline:
+            seen += follower.stdout.read() or ""
+            time.sleep(0.2)
+        assert marker in seen, seen[-2000:]
+    finally:
+        os.killpg(follower.pid, 15)
+        follower.wait(10)
+
+
+def test_make_clean_deletes_its_stacks_state_and_nothing_else(
+    native_stack: NativeStack, tmp_path
+) -> None:
+    state = tmp_path / "stack"
+    (state / "log").mkdir(parents=True)
+    (state / "log" / "web.log").write_text("an old run\n")
+    result = make("clean", STACK_DIR=str(state))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "Stack is not running" in result.stdout
+    assert not state.exists()
+    # The running test stack (another STACK_DIR) is untouched.
+    assert Path(native_stack.env["STACK_DIR"], "secrets.env").exists()
+    with native_stack.client() as client:
+        assert client.get("/readyz").status_code == 200
+
+
+def test_make_up_again_from_another_shell_restarts_nothing(native_stack: NativeStack) -> None:
+    before = pids(native_stack, *DJANGO, *SERVERS)
+    result = make("up", TERM="dumb", SHLVL="7", SOME_UNRELATED_VARIABLE="1")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "changed" not in result.stdout, result.stdout
+    assert pids(native_stack, *DJANGO, *SERVERS) == before
+
+
+def test_make_up_restarts_only_the_django_processes_after_a_code_change(
+    native_stack: NativeStack,
+) -> None:
+    servers = pids(native_stack, *SERVERS)
+    django = pids(native_stack, *DJANGO)
+    os.utime(REPO_DIR / "app" / "audio" / "views.py")  # as a `git pull` leaves it
+    result = make("up")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "Application code changed: restarting the Django services" in result.stdout
+    assert "Configuration changed" not in result.stdout
+    assert pids(native_stack, *SERVERS) == servers
+    after = pids(native_stack, *DJANGO)
+    assert all(after[name] != django[name] for name in DJANGO), (django, after)
+    with native_stack.client() as client:  # make up returned once every service was healthy
+        assert client.get("/readyz").status_code == 200
+
+
+def test_make_restart_stops_every_process_gracefully(native_stack: NativeStack) -> None:
+    """`make restart` (down, up): each process stops on its own signal within its grace (none
+    is killed), and the stack comes back healthy on new processes."""
+    before = pids(native_stack, *DJANGO, *SERVERS)
+    native_stack.mark_logs()
+    result = make("restart")
+    assert result.returncode == 0, result.stdout + result.stderr
+    after = pids(native_stack, *DJANGO, *SERVERS)
+    assert all(after[name] != before[name] for name in before), (before, after)
+    outlived = [pid for pid in before.values() if Path(f"/proc/{pid}").exists()]
+    assert outlived == [], "processes of the old stack outlived it"
+    supervisor = native_stack.log("supervisord")
+    assert "SIGKILL" not in supervisor, supervisor[-3000:]
+    assert "Shutting down: Master" in native_stack.log("web")
+    assert "Warm shutdown" in native_stack.log("celery_worker")
+    with native_stack.client() as client:
+        assert client.get("/readyz").status_code == 200

@@ -20,3 +20,15 @@ def test_generated_secrets_are_private_from_the_first_byte(tmp_path, monkeypatch
     assert {line.split("=")[0] for line in path.read_text().splitlines()} == set(
         stack.GENERATED_SECRETS
     )
+
+
+def test_the_configuration_hash_follows_the_stacks_variables_only(tmp_path) -> None:
+    """`make up` restarts the stack when its configuration changed: a variable its env files
+    name (set in the shell or a file), or the supervisord config; not a terminal's variables."""
+    env = {"STACK_DIR": str(tmp_path), "STACK_MODE": "production", "MONITORING": "0",
+           "NGINX_HTTPS_PORT": "8443", "TERM": "xterm", "SHLVL": "1"}  # fmt: skip
+    same = stack._env_hash(env, "conf")
+    assert stack._env_hash({**env, "TERM": "dumb", "SHLVL": "4", "OLDPWD": "/"}, "conf") == same
+    for changed in ({"NGINX_HTTPS_PORT": "9443"}, {"STACK_MODE": "dev"}, {"MONITORING": "1"}):
+        assert stack._env_hash({**env, **changed}, "conf") != same, changed
+    assert stack._env_hash(env, "other conf") != same

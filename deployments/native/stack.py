@@ -18,6 +18,7 @@ import pwd
 import re
 import secrets
 import shlex
+import shutil
 import socket
 import subprocess
 import sys
@@ -330,6 +331,7 @@ def _paths(env: dict[str, str]) -> dict[str, Path]:
         "pid": state / "run" / "supervisord.pid",
         "sock": state / "run" / "supervisor.sock",
         "envhash": state / "run" / "env.sha256",
+        "codehash": state / "run" / "code.sha256",
     }
 
 
@@ -518,8 +520,27 @@ def prepare_dirs(env: dict[str, str], services: list[Service]) -> None:
 
 
 def _env_hash(env: dict[str, str], conf: str) -> str:
-    payload = "\n".join(f"{k}={env[k]}" for k in sorted(env)) + conf
+    """The stack's configuration: every variable its env files name, as resolved (a shell value
+    included), and the supervisord config. Other shell variables (a terminal's, make's) are not
+    configuration: `make up` from another shell does not restart the stack."""
+    state = Path(env["STACK_DIR"])
+    files = (DEFAULTS_FILE, DEV_FILE, state / "secrets.env", REPO_DIR / ".env.native")
+    names = {"STACK_MODE", "MONITORING"}
+    for path in files:
+        if path.exists():
+            names |= set(dotenv_values(path, interpolate=False))
+    payload = "\n".join(f"{k}={env.get(k)}" for k in sorted(names)) + conf
     return hashlib.sha256(payload.encode()).hexdigest()
+
+
+def _code_hash(env: dict[str, str]) -> str:
+    """The application's files as the Django processes loaded them (name, size, mtime)."""
+    digest = hashlib.sha256()
+    for path in sorted(Path(env["APP_DIR"]).rglob("*")):
+        if path.is_file() and "__pycache__" not in path.parts:
+            stat = path.stat()
+            digest.update(f"{path}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+    return digest.hexdigest()
 
 
 def _run_healthcheck(service: Service, env: dict[str, str]) -> tuple[bool, str]:
@@ -580,7 +601,13 @@ def up(env: dict[str, str]) -> None:
     (p["run"] / "mode").write_text(env["STACK_MODE"])
     (p["run"] / "monitoring").write_text(env["MONITORING"])
     started = time.monotonic()
+    code = _code_hash(env)
     if running:
+        stale = p["codehash"].exists() and p["codehash"].read_text() != code
+        if stale and env["STACK_MODE"] != "dev":  # make dev reloads by itself
+            print("Application code changed: restarting the Django services")
+            django = [s.name for s in services if s.command[0] == ENTRYPOINT]
+            _supervisorctl(env, "restart", *django)
         _supervisorctl(env, "start", "all")
     else:
         check_ports(env, services)
@@ -592,6 +619,7 @@ def up(env: dict[str, str]) -> None:
             check=True,
         )
     print(f"Waiting for {len(services)} services (logs in {p['log']})")
+    p["codehash"].write_text(code)
     wait_healthy(env, services, started)
     https = env["NGINX_HTTPS_PORT"]
     print(
@@ -632,6 +660,15 @@ def ps(env: dict[str, str]) -> int:
     return worst
 
 
+def clean(env: dict[str, str]) -> None:
+    """Stop the stack and delete its state directory (database, media, logs, certificates)."""
+    down(env)
+    state = _paths(env)["state"]
+    if state.exists():
+        shutil.rmtree(state)
+        print(f"Deleted {state}")
+
+
 def logs(env: dict[str, str], names: list[str]) -> None:
     log_dir = _paths(env)["log"]
     files = (
@@ -649,6 +686,7 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("up", help="start every service and wait until all are healthy")
     sub.add_parser("down", help="stop every service")
+    sub.add_parser("clean", help="stop every service and delete the stack's state directory")
     sub.add_parser("ps", help="state and health of every service")
     reload_parser = sub.add_parser(
         "reload", help="reload services without dropping requests: web and events (Gunicorn), nginx"
@@ -669,6 +707,8 @@ def main(argv: list[str] | None = None) -> int:
             up(env)
         elif args.command == "down":
             down(env)
+        elif args.command == "clean":
+            clean(env)
         elif args.command == "ps":
             return ps(env)
         elif args.command == "reload":  # each reloads gracefully on SIGHUP
