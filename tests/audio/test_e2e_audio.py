@@ -1,6 +1,7 @@
 """The audio workload end to end through the running native stack: nginx/TLS -> web ->
 PgBouncer -> PostgreSQL; the real Celery worker; files through X-Accel-Redirect; real SMTP."""
 
+import re
 import time
 from contextlib import closing
 from html.parser import HTMLParser
@@ -134,6 +135,68 @@ def test_a_bad_file_fails_with_a_reason_and_an_email(native_stack, smtp_sink, tm
         assert "not a supported audio format" in rejected.json()["detail"]
     smtp_sink.wait_for(lambda m: "could not be processed" in m["subject"])
     assert "Traceback" not in native_stack.log("celery_worker")
+
+
+def encoders_of(job_id: str) -> list[int]:
+    """The encoder processes (transcode.py, children of the worker) working on the job's source."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        try:
+            cmdline = (proc / "cmdline").read_bytes() if proc.name.isdigit() else b""
+        except OSError:  # gone meanwhile
+            continue
+        if b"transcode.py" in cmdline and f"jobs/{job_id}/".encode() in cmdline:
+            found.append(int(proc.name))
+    return found
+
+
+def test_cancelling_a_running_job_kills_its_encoder_and_keeps_nothing(
+    native_stack: NativeStack, tmp_path
+) -> None:
+    """Cancel while the real worker's encoder runs: the job says canceled at once; the worker
+    sees it at its next heartbeat (AUDIO_HEARTBEAT_S, 5 s) and kills the encoder within half a
+    second; the run's files go, and the run does not come back as done or failed."""
+    worker = native_stack.pid("celery_worker")
+    account = native_stack.signup("canceler")
+    # 590 s of a -60 dBFS tone with a click each second, 8 kHz mono: 1.7 MB of FLAC (under the
+    # stack's UPLOAD_MAX_MB). The gain drives the clicks into the limiter: about 30 s of
+    # encoding per format, so an encoder left running would outlive the bound below.
+    samples = signals.tone(590, -60, 1, rate=8000)
+    samples[::8000] = 0.1
+    source = signals.write(tmp_path / "long.flac", samples, "flac", rate=8000)
+    with native_stack.client() as client:
+        response = upload(client, account.auth, source)
+        assert response.status_code == 202, response.text
+        job_id = response.json()["id"]
+        assert wait_until(lambda: encoders_of(job_id), 120), "no encoder started"
+        canceled = client.post(f"/api/jobs/{job_id}/cancel/", headers=account.auth)
+        assert canceled.status_code == 200, canceled.text
+        assert client.get(f"/api/jobs/{job_id}/", headers=account.auth).json()["status"] == (
+            "canceled"
+        )
+        # The run gives up (killing its encoder) within the heartbeat's 5 s and half a second
+        # to notice, nearly three times over for a loaded machine; a run that let its encoders
+        # finish the format would take up to 30 s.
+        stopped = f"job {job_id}: task .* stopped \\(canceled"
+        assert wait_until(lambda: re.search(stopped, native_stack.log("celery_worker")), 15)
+        assert encoders_of(job_id) == []
+        directory = native_stack.media_root / "jobs" / job_id
+        assert sorted(p.name for p in directory.iterdir()) == ["source"]
+        job = client.get(f"/api/jobs/{job_id}/", headers=account.auth).json()
+        assert (job["status"], job["renditions"], job["error"]) == ("canceled", [], ""), job
+        assert client.delete(f"/api/jobs/{job_id}/", headers=account.auth).status_code == 204
+        assert not directory.exists()
+    assert native_stack.pid("celery_worker") == worker
+    assert "Traceback" not in native_stack.log("celery_worker")
+
+
+def wait_until(predicate, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.1)
+    return True
 
 
 def test_beat_schedules_are_in_the_database_for_operators(native_stack: NativeStack) -> None:
