@@ -23,9 +23,11 @@ def served_certificate(port: int, root: Path, name: str = NAME) -> x509.Certific
         return x509.load_der_x509_certificate(tls.getpeercert(binary_form=True))
 
 
-def wait_for_new_certificate(port: int, root: Path, previous: int | None) -> x509.Certificate:
+def wait_for_new_certificate(
+    port: int, root: Path, previous: int | None, timeout: float = 15
+) -> x509.Certificate:
     """nginx's workers take a reloaded certificate within moments."""
-    deadline = time.monotonic() + 15
+    deadline = time.monotonic() + timeout
     while True:
         try:
             served = served_certificate(port, root)

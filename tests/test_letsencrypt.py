@@ -19,11 +19,13 @@ from cryptography import x509
 
 from tests.acme import NAME, RequestsFlowing, wait_for_new_certificate
 from tests.conftest import NativeStack
+from tests.nginx_alone import nginx_running
 from tests.stack_env import REPO_DIR
 
 pytestmark = pytest.mark.e2e
 
 CERTIFY = REPO_DIR / "deployments" / "compose" / "certbot" / "certify"
+RENEW_LOOP = CERTIFY.with_name("renew")  # the certbot service's command
 PEBBLE_PORT, PEBBLE_MANAGEMENT_PORT, DNS_PORT = 14000, 15000, 8053
 
 
@@ -59,6 +61,9 @@ def pebble(tmp_path: Path, native_stack: NativeStack) -> Iterator[Pebble]:
         # HTTP-01: Pebble fetches the token from nginx's HTTP port, as Let's Encrypt does.
         "httpPort": int(native_stack.env["NGINX_HTTP_PORT"]), "tlsPort": 5001,
         "ocspResponderURL": "", "externalAccountBindingRequired": False,
+        # 10 days: under certbot's renew_before_expiry (30 days), so every certificate issued
+        # here is due for renewal at once (the renewal loop's test).
+        "certificateValidityPeriod": 10 * 24 * 3600,
     }}  # fmt: skip
     (tmp_path / "pebble.json").write_text(json.dumps(config))
     dns = subprocess.Popen(
@@ -96,18 +101,27 @@ def install(stack: NativeStack, live: Path) -> None:
     assert "signalled" in stack.supervisorctl("signal", "HUP", "nginx")
 
 
+def certbot_env(stack: NativeStack, pebble: Pebble, tmp_path: Path) -> dict[str, str]:
+    return {**stack.env, "SERVER_NAME": NAME, "LETSENCRYPT_EMAIL": "ops@example.test",
+            "ACME_SERVER": pebble.directory, "CERTBOT_DIR": str(tmp_path / "letsencrypt"),
+            "REQUESTS_CA_BUNDLE": str(pebble.tls_ca)}  # fmt: skip
+
+
+def obtain(env: dict[str, str]) -> Path:
+    """`certify obtain` (HTTP-01 through the test stack's nginx); certbot's live directory."""
+    obtained = subprocess.run([CERTIFY, "obtain"], env=env, capture_output=True, text=True,
+                              timeout=120)  # fmt: skip
+    assert obtained.returncode == 0, obtained.stdout + obtained.stderr
+    return Path(env["CERTBOT_DIR"]) / "live" / NAME
+
+
 def test_issuance_and_renewal_through_nginx(native_stack: NativeStack, pebble: Pebble,
                                            tmp_path: Path) -> None:  # fmt: skip
     cert, key = Path(native_stack.env["TLS_CERT"]), Path(native_stack.env["TLS_KEY"])
     saved = cert.read_bytes(), key.read_bytes()
-    env = {**native_stack.env, "SERVER_NAME": NAME, "LETSENCRYPT_EMAIL": "ops@example.test",
-           "ACME_SERVER": pebble.directory, "CERTBOT_DIR": str(tmp_path / "letsencrypt"),
-           "REQUESTS_CA_BUNDLE": str(pebble.tls_ca)}  # fmt: skip
-    live = tmp_path / "letsencrypt" / "live" / NAME
+    env = certbot_env(native_stack, pebble, tmp_path)
     try:
-        obtained = subprocess.run([CERTIFY, "obtain"], env=env, capture_output=True, text=True,
-                                  timeout=120)  # fmt: skip
-        assert obtained.returncode == 0, obtained.stdout + obtained.stderr
+        live = obtain(env)
         install(native_stack, live)
         https = int(native_stack.env["NGINX_HTTPS_PORT"])
         first = wait_for_new_certificate(https, pebble.root, previous=None)
@@ -136,6 +150,42 @@ def test_issuance_and_renewal_through_nginx(native_stack: NativeStack, pebble: P
         key.write_bytes(saved[1])
         native_stack.supervisorctl("signal", "HUP", "nginx")
         wait_for_the_local_certificate(native_stack)
+
+
+def test_the_renewal_loop_and_nginx_reloads_serve_a_due_certificate_unattended(
+    native_stack: NativeStack, pebble: Pebble, tmp_path: Path
+) -> None:
+    """What runs in production with nobody at the keyboard: the certbot service's loop
+    (`renew`, every CERTBOT_RENEW_INTERVAL) renews the certificate once it is due, and an nginx
+    whose TLS_CERT/TLS_KEY point into certbot's live directory (as the README says to set
+    them) serves the new one after its own periodic reload (NGINX_RELOAD_INTERVAL). Nothing
+    here signals nginx. Intervals of seconds instead of 12 h and 6 h."""
+    env = certbot_env(native_stack, pebble, tmp_path)
+    live = obtain(env)
+    # Without a terminal certbot sleeps up to 8 minutes before a renewal: off, by its config.
+    config = tmp_path / "xdg" / "letsencrypt"
+    config.mkdir(parents=True)
+    (config / "cli.ini").write_text("no-random-sleep-on-renew = true\n")
+    with nginx_running(tmp_path / "nginx", "127.0.0.1:9", SERVER_NAME=NAME,
+                       TLS_CERT=str(live / "fullchain.pem"), TLS_KEY=str(live / "privkey.pem"),
+                       NGINX_RELOAD_INTERVAL="2") as base:  # fmt: skip
+        port = int(base.rsplit(":", 1)[1])
+        first = wait_for_new_certificate(port, pebble.root, previous=None)
+        loop = subprocess.Popen(
+            [RENEW_LOOP],
+            env={**env, "CERTBOT_RENEW_INTERVAL": "3", "XDG_CONFIG_HOME": str(config.parent)},
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        )  # fmt: skip
+        try:
+            second = wait_for_new_certificate(
+                port, pebble.root, previous=first.serial_number, timeout=90
+            )
+        finally:
+            loop.terminate()  # its trap: a clean exit
+            output = loop.communicate(timeout=30)[0]
+    assert loop.returncode == 0, output
+    assert "Congratulations, all renewals succeeded" in output, output
+    assert second.not_valid_after_utc > first.not_valid_after_utc
 
 
 def wait_for_the_local_certificate(stack: NativeStack) -> None:
