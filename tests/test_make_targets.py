@@ -90,6 +90,7 @@ def test_make_clean_deletes_its_stacks_state_and_nothing_else(
 
 
 def test_make_up_again_from_another_shell_restarts_nothing(native_stack: NativeStack) -> None:
+    assert make("up").returncode == 0  # the code as it is now (other tests edit and restore it)
     before = pids(native_stack, *DJANGO, *SERVERS)
     result = make("up", TERM="dumb", SHLVL="7", SOME_UNRELATED_VARIABLE="1")
     assert result.returncode == 0, result.stdout + result.stderr
@@ -102,8 +103,12 @@ def test_make_up_restarts_only_the_django_processes_after_a_code_change(
 ) -> None:
     servers = pids(native_stack, *SERVERS)
     django = pids(native_stack, *DJANGO)
-    os.utime(REPO_DIR / "app" / "audio" / "views.py")  # as a `git pull` leaves it
-    result = make("up")
+    probe = REPO_DIR / "app" / "audio" / "code_change_probe.py"  # as a `git pull` brings
+    probe.write_text('"""A module the test adds: a code change."""\n')
+    try:
+        result = make("up")
+    finally:
+        probe.unlink()
     assert result.returncode == 0, result.stdout + result.stderr
     assert "Application code changed: restarting the Django services" in result.stdout
     assert "Configuration changed" not in result.stdout

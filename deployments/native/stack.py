@@ -534,12 +534,12 @@ def _env_hash(env: dict[str, str], conf: str) -> str:
 
 
 def _code_hash(env: dict[str, str]) -> str:
-    """The application's files as the Django processes loaded them (name, size, mtime)."""
+    """The application's files as the Django processes loaded them (names and contents: a
+    checkout that leaves a file as it was is no change)."""
     digest = hashlib.sha256()
     for path in sorted(Path(env["APP_DIR"]).rglob("*")):
         if path.is_file() and "__pycache__" not in path.parts:
-            stat = path.stat()
-            digest.update(f"{path}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+            digest.update(f"{path}\0".encode() + hashlib.sha256(path.read_bytes()).digest())
     return digest.hexdigest()
 
 
