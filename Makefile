@@ -73,14 +73,12 @@ restore: .venv/.synced ## restore a backup: make restore FILE=latest ARGS=--forc
 	@test -n "$(FILE)" || { echo 'usage: make restore FILE=<backup directory, name or latest> [ARGS="--force" or "--db NAME --media-dir DIR"]' >&2; exit 1; }
 	$(STACK) run -- deployments/compose/backup/restore $(ARGS) $(FILE)
 
-lint: .venv/.synced ## ruff, shellcheck
-	.venv/bin/ruff check .
-	.venv/bin/ruff format --check .
-	.venv/bin/shellcheck --severity=style $$(grep -rlE '^#!(/usr/bin/env bash|/bin/sh)' deployments .ci)
-	.venv/bin/hadolint deployments/compose/*/Dockerfile
+lint: .venv/.synced ## ruff (lint, format), shellcheck, hadolint, mypy: .pre-commit-config.yaml on every file
+	.venv/bin/pre-commit run --all-files
 
-test: test-deps .venv/.synced ## every suite but chaos, containers and swarm: lint, unit, integration, e2e
-	.venv/bin/python -m pytest -m "not containers and not chaos and not swarm" $(PYTEST_ARGS)
+test: test-deps .venv/.synced lint ## lint, then every suite but chaos, containers and swarm (unit, integration, e2e), with branch coverage of app/
+	.venv/bin/python -m pytest -m "not containers and not chaos and not swarm" \
+		--cov=app --cov-branch --cov-report=term:skip-covered --cov-report=json:test-artifacts/coverage.json $(PYTEST_ARGS)
 
 test-chaos: test-deps .venv/.synced ## kill, restart and overload a native stack of its own (~8 min)
 	TEST_STACK=chaos .venv/bin/python -m pytest -m chaos tests/chaos $(PYTEST_ARGS)
