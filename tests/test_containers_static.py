@@ -40,15 +40,6 @@ def test_dockerfiles_exist() -> None:
     assert {"django", "pgbouncer", "nginx"} <= names
 
 
-@pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.parent.name)
-def test_hadolint(dockerfile: Path) -> None:
-    result = subprocess.run(
-        [str(REPO_DIR / ".venv" / "bin" / "hadolint"), str(dockerfile)],
-        cwd=REPO_DIR, capture_output=True, text=True, check=False,
-    )  # fmt: skip
-    assert result.returncode == 0, result.stdout + result.stderr
-
-
 @pytest.mark.parametrize(
     ("env_file", "files", "profile"),
     [
@@ -108,6 +99,28 @@ def test_containers_and_native_runner_run_the_same_scripts() -> None:
     # Everything the native runner runs, the containers run too, except postgres/start: the db
     # container uses the official image's entrypoint, with the same postgresql.conf.
     assert native - in_containers == {"postgres/start"}
+
+
+def test_both_runners_stop_each_service_the_same_way() -> None:
+    """One stop signal and grace per service: the native table (stack.py) equals compose's
+    stop_signal (else its image's STOPSIGNAL, else SIGTERM) and stop_grace_period."""
+    services = resolved(".env.prod.example", ("docker-compose.yml",), "monitoring")["services"]
+    compared = []
+    for native in (*stack.SERVICES, *stack.MONITORING_SERVICES):
+        name = {"postgres": "db"}.get(native.name, native.name)
+        service = services[name]
+        signal = service.get("stop_signal")
+        if signal is None and "build" in service:
+            dockerfile = Path(service["build"]["context"]) / service["build"]["dockerfile"]
+            lines = [line.split()[1] for line in dockerfile.read_text().splitlines()
+                     if line.startswith("STOPSIGNAL ")]  # fmt: skip
+            signal = lines[-1] if lines else None
+        grace = service["stop_grace_period"]
+        assert grace.endswith("s") and grace[:-1].isdigit(), (name, grace)
+        compose = (signal or "SIGTERM", int(grace[:-1]))
+        assert compose == (f"SIG{native.stop_signal}", native.stop_wait), native.name
+        compared.append(native.name)
+    assert len(compared) == len(stack.SERVICES) + len(stack.MONITORING_SERVICES) == 18
 
 
 def test_the_seed_container_name_is_the_console_and_web_scales() -> None:

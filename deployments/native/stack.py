@@ -59,6 +59,8 @@ class Service:
     # Started as root, every service drops to an account: postgres (initdb, postgres and
     # pgbouncer refuse root) or the stack's own unprivileged user (STACK_USER).
     as_postgres: bool = False
+    # How it stops: docker-compose.yml's stop_signal (or its image's) and stop_grace_period, the
+    # same for both runners (tests/test_containers_static.py compares them).
     stop_signal: str = "TERM"
     stop_wait: int = 30
     start_timeout: int = 60
@@ -86,26 +88,28 @@ SERVICES = (
         ports=("PGBOUNCER_PORT",),
         as_postgres=True,
         stop_signal="INT",  # SIGTERM waits for every client to leave (PgBouncer >= 1.23)
-        stop_wait=10,
+        stop_wait=15,
     ),
     Service(
         "redis_broker",
         (_script("redis", "start"), "broker"),
         (_script("redis", "healthcheck"), "broker"),
         ports=("REDIS_BROKER_PORT",),
+        stop_wait=10,
     ),
     Service(
         "redis_cache",
         (_script("redis", "start"), "cache"),
         (_script("redis", "healthcheck"), "cache"),
         ports=("REDIS_CACHE_PORT",),
+        stop_wait=10,
     ),
     Service(
         "web",
         (ENTRYPOINT, _script("django", "start")),
         (_script("django", "healthcheck"),),
         ports=("WEB_PORT",),
-        stop_wait=35,
+        stop_wait=30,  # above gunicorn's graceful_timeout (25 s)
         start_timeout=180,
         environment=(("WAIT_DATABASE", "direct"),),  # its start runs the release step
     ),
@@ -114,20 +118,20 @@ SERVICES = (
         (ENTRYPOINT, _script("django", "events", "start")),
         (_script("django", "events", "healthcheck"),),
         ports=("EVENTS_PORT",),
-        stop_wait=35,
+        stop_wait=30,  # above gunicorn's graceful_timeout (25 s)
         start_timeout=180,
     ),
     Service(
         "celery_worker",
         (ENTRYPOINT, _script("django", "celery", "worker", "start")),
         (_script("django", "celery", "worker", "healthcheck"),),
-        stop_wait=60,
         start_timeout=120,
     ),
     Service(
         "celery_beat",
         (ENTRYPOINT, _script("django", "celery", "beat", "start")),
         (_script("django", "celery", "beat", "healthcheck"),),
+        stop_wait=20,
         start_timeout=120,
     ),
     Service(
@@ -135,6 +139,7 @@ SERVICES = (
         (ENTRYPOINT, _script("django", "celery", "flower", "start")),
         (_script("django", "celery", "flower", "healthcheck"),),
         ports=("FLOWER_PORT",),
+        stop_wait=20,
         start_timeout=120,
     ),
     Service(
@@ -143,6 +148,7 @@ SERVICES = (
         (_script("nginx", "healthcheck"),),
         ports=("NGINX_HTTP_PORT", "NGINX_HTTPS_PORT"),
         stop_signal="QUIT",  # graceful
+        stop_wait=15,
     ),
     Service(
         "backup",  # pg_dump + media archive every BACKUP_INTERVAL into BACKUP_DIR
@@ -280,7 +286,7 @@ MONITORING_SERVICES = [
         (str(_MONITOR / "prometheus"),),
         (str(_MONITOR / "prometheus"), "check"),
         ports=("PROMETHEUS_PORT",),
-        stop_wait=15,
+        stop_wait=10,
     ),
     *(
         Service(
@@ -288,7 +294,7 @@ MONITORING_SERVICES = [
             (str(_MONITOR / "exporter"), kind),
             (str(_MONITOR / "exporter"), kind, "check"),
             ports=(f"{kind.upper()}_EXPORTER_PORT",),
-            stop_wait=5,
+            stop_wait=10,
         )
         for kind in ("postgres", "pgbouncer", "redis_broker", "redis_cache", "nginx", "node")
     ),
