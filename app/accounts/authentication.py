@@ -10,7 +10,7 @@ signals (QuerySet.update) is seen within TOKEN_CACHE_S. Without the cache, it as
 import hashlib
 import logging
 
-from django.contrib.auth.models import AbstractBaseUser
+from django.contrib.auth.models import User
 from django.core.cache import cache
 from redis.exceptions import RedisError
 from rest_framework.authentication import TokenAuthentication
@@ -27,12 +27,12 @@ def cache_key(key: str) -> str:
 
 
 class CachedTokenAuthentication(TokenAuthentication):
-    def authenticate_credentials(self, key: str) -> tuple[AbstractBaseUser, Token]:
+    def authenticate_credentials(self, key: str) -> tuple[User, Token]:
         user, token = self._lookup(key)
         bind_user(user)  # the request's log lines name the user
         return user, token
 
-    def _lookup(self, key: str) -> tuple[AbstractBaseUser, Token]:
+    def _lookup(self, key: str) -> tuple[User, Token]:
         try:
             cached = cache.get(cache_key(key))
         except RedisError as exc:

@@ -6,7 +6,7 @@ import logging
 
 from django.conf import settings
 from django.contrib.auth import get_user_model, password_validation
-from django.contrib.auth.models import AbstractBaseUser
+from django.contrib.auth.models import User
 from django.core import signing
 from django.core.mail import EmailMultiAlternatives
 from django.db import transaction
@@ -22,7 +22,7 @@ logger = logging.getLogger(__name__)
 VERIFY_SALT = "accounts.verify-email"
 
 
-def register(username: str, email: str, password: str) -> AbstractBaseUser:
+def register(username: str, email: str, password: str) -> User:
     """Create the account (unverified) and send the verification link by email."""
     user = get_user_model()(username=username, email=email)
     password_validation.validate_password(password, user)
@@ -35,23 +35,23 @@ def register(username: str, email: str, password: str) -> AbstractBaseUser:
     return user
 
 
-def request_verification(user: AbstractBaseUser) -> None:
+def request_verification(user: User) -> None:
     transaction.on_commit(lambda: send_verification_email_task.delay(user.pk), robust=True)
 
 
-def is_verified(user: AbstractBaseUser) -> bool:
+def is_verified(user: User) -> bool:
     """The user's current address is the one they proved they read."""
     return EmailAddress.objects.filter(
         user=user, verified_at__isnull=False, email__iexact=user.email
     ).exists()
 
 
-def verification_token(user: AbstractBaseUser) -> str:
+def verification_token(user: User) -> str:
     """Signed with SECRET_KEY; names the address, so changing the address voids the link."""
     return signing.dumps({"user": user.pk, "email": user.email}, salt=VERIFY_SALT)
 
 
-def verify(token: str) -> AbstractBaseUser | None:
+def verify(token: str) -> User | None:
     """The user whose address the link proves, or None if it is forged, expired or stale."""
     try:
         data = signing.loads(token, salt=VERIFY_SALT, max_age=settings.EMAIL_VERIFY_MAX_AGE_S)
@@ -85,7 +85,7 @@ def send_verification_email(user_id: int) -> None:
     message.send()
 
 
-def revoke_tokens(user: AbstractBaseUser) -> int:
+def revoke_tokens(user: User) -> int:
     """A new password ends every API token of the user (they sign in again for a new one)."""
     deleted, _ = Token.objects.filter(user=user).delete()
     if deleted:

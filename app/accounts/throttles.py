@@ -1,6 +1,9 @@
 """Limits on the credentials paths, per client address (the proxy's, see README) and globally."""
 
+from django.http import HttpRequest
+from rest_framework.request import Request
 from rest_framework.throttling import AnonRateThrottle, SimpleRateThrottle, UserRateThrottle
+from rest_framework.views import APIView
 
 
 class LoginThrottle(AnonRateThrottle):
@@ -12,7 +15,7 @@ class SignupThrottle(SimpleRateThrottle):
 
     scope = "signup"
 
-    def get_cache_key(self, request: object, view: object) -> str:
+    def get_cache_key(self, request: Request, view: APIView) -> str:
         return self.cache_format % {"scope": self.scope, "ident": self.get_ident(request)}
 
 
@@ -21,7 +24,7 @@ class SignupGlobalThrottle(SimpleRateThrottle):
 
     scope = "signup_global"
 
-    def get_cache_key(self, request: object, view: object) -> str:
+    def get_cache_key(self, request: Request, view: APIView) -> str:
         return self.cache_format % {"scope": self.scope, "ident": "all"}
 
 
@@ -32,6 +35,9 @@ class VerificationResendThrottle(UserRateThrottle):
 SIGNUP_THROTTLES = (SignupThrottle, SignupGlobalThrottle)
 
 
-def signup_allowed(request: object) -> bool:
+def signup_allowed(request: HttpRequest) -> bool:
     """For the HTML sign-up page: the same limits as the API's sign-up, same counters."""
-    return all(throttle().allow_request(request, None) for throttle in SIGNUP_THROTTLES)
+    return all(
+        throttle().allow_request(request, None)  # type: ignore[arg-type]  # they read only META
+        for throttle in SIGNUP_THROTTLES
+    )

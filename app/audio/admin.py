@@ -1,4 +1,5 @@
 from collections.abc import Callable
+from typing import cast
 
 from django.contrib import admin, messages
 from django.db.models import QuerySet
@@ -21,7 +22,7 @@ class RenditionInline(admin.TabularInline):
     extra = 0
     can_delete = False
     fields = ["format", "size", "loudness", "gain_db", "within_target", "note"]
-    readonly_fields = fields
+    readonly_fields = cast(list[str], fields)  # names only, no groups
 
 
 @admin.register(Job)

@@ -1,7 +1,7 @@
 """Celery tasks: thin wrappers around audio.services (HackSoft style: services import these tasks
 at the top, so each task imports its service inside its body)."""
 
-from typing import Any
+from typing import Any, cast
 
 from celery import Task, shared_task
 from celery.exceptions import SoftTimeLimitExceeded
@@ -54,11 +54,11 @@ def process_job(self: Task, job_id: str) -> None:
     from .services import pipeline
 
     try:
-        pipeline.process_job(job_id, self.request.id)
+        pipeline.process_job(job_id, cast(str, self.request.id))  # set while a task runs
     except pipeline.Busy as busy:  # waiting to take a dead delivery's run over is not an error
         raise self.retry(countdown=busy.retry_in, max_retries=self.request.retries + 1) from None
     except TRANSIENT:
-        pipeline.release_run(job_id, self.request.id)
+        pipeline.release_run(job_id, cast(str, self.request.id))
         raise
 
 

@@ -7,7 +7,13 @@ from django.conf import settings
 from django.contrib.auth.decorators import login_required
 from django.core.handlers.asgi import ASGIRequest
 from django.db import connections
-from django.http import HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
+from django.http import (
+    HttpRequest,
+    HttpResponse,
+    HttpResponseBase,
+    JsonResponse,
+    StreamingHttpResponse,
+)
 from django.shortcuts import get_object_or_404, render
 
 from . import streams
@@ -55,7 +61,7 @@ def _snapshot(user: object) -> list[str]:
         connections["default"].close()
 
 
-async def events(request: HttpRequest) -> HttpResponse:
+async def events(request: HttpRequest) -> HttpResponseBase:
     """text/event-stream: the user's jobs now, then one `job` event whenever one changes."""
     if not isinstance(request, ASGIRequest):
         # A WSGI worker would serve the stream on its only thread for minutes: nginx sends

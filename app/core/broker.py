@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import time
+from typing import cast
 
 import redis
 from django.conf import settings
@@ -18,7 +19,7 @@ PRIORITY_STEPS = (3, 6, 9)  # step 0 is the queue's own list
 
 def _task_id(message: str | bytes | dict) -> str:
     if not isinstance(message, dict):
-        message = json.loads(message)
+        message = cast(dict, json.loads(message))  # a task message is a JSON object
     return message.get("headers", {}).get("id", "")
 
 

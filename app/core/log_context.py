@@ -13,17 +13,26 @@ import re
 import uuid
 from collections.abc import Awaitable, Iterator
 from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any, cast
 
 from django.http import HttpRequest, HttpResponseBase
 
 from core.middleware import HybridMiddleware
+
+if TYPE_CHECKING:  # auth's models cannot load before the app registry (logging config imports this)
+    from django.contrib.auth.models import AnonymousUser, User
 
 request_id: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="")
 user_id: contextvars.ContextVar[int | None] = contextvars.ContextVar("user_id", default=None)
 task_id: contextvars.ContextVar[str] = contextvars.ContextVar("task_id", default="")
 job_id: contextvars.ContextVar[str] = contextvars.ContextVar("job_id", default="")
 
-FIELDS = {"request_id": request_id, "user_id": user_id, "task_id": task_id, "job_id": job_id}
+FIELDS: dict[str, contextvars.ContextVar[Any]] = {
+    "request_id": request_id,
+    "user_id": user_id,
+    "task_id": task_id,
+    "job_id": job_id,
+}
 # What a request id may look like: nginx's are 32 hex digits; a direct client's must not be able
 # to forge log lines or flood them.
 _VALID_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
@@ -65,14 +74,14 @@ class RequestIdMiddleware(HybridMiddleware):
             return self._acall(request)
         rid = accept_request_id(request.headers.get("X-Request-Id"))
         with bound(request_id=rid, user_id=None):
-            response = self.get_response(request)
+            response = cast(HttpResponseBase, self.get_response(request))  # a sync chain
         response["X-Request-Id"] = rid
         return response
 
     async def _acall(self, request: HttpRequest) -> HttpResponseBase:
         rid = accept_request_id(request.headers.get("X-Request-Id"))
         with bound(request_id=rid, user_id=None):
-            response = await self.get_response(request)
+            response = await cast(Awaitable[HttpResponseBase], self.get_response(request))
         response["X-Request-Id"] = rid
         return response
 
@@ -89,9 +98,9 @@ class UserIdMiddleware(HybridMiddleware):
 
     async def _acall(self, request: HttpRequest) -> HttpResponseBase:
         bind_user(await request.auser())
-        return await self.get_response(request)
+        return await cast(Awaitable[HttpResponseBase], self.get_response(request))
 
 
-def bind_user(user: object) -> None:
+def bind_user(user: "User | AnonymousUser") -> None:
     if getattr(user, "is_authenticated", False):
         user_id.set(user.pk)

@@ -3,6 +3,7 @@ it is in, and a database outage answered 503 with Retry-After (an honest "try ag
 
 import logging
 from collections.abc import Awaitable, Callable
+from typing import Any, cast
 
 from asgiref.sync import iscoroutinefunction, markcoroutinefunction
 from django.db import InterfaceError, OperationalError
@@ -26,7 +27,7 @@ class HybridMiddleware:
         self.get_response = get_response
         self.is_async = iscoroutinefunction(get_response)
         if self.is_async:
-            markcoroutinefunction(self)
+            markcoroutinefunction(cast(Callable[..., Any], self))  # subclasses define __call__
 
 
 class DatabaseUnavailableMiddleware(MiddlewareMixin):

@@ -7,7 +7,9 @@ start-up with an error that names it. Variables are documented in `.env.example`
 
 import ipaddress
 import os
+from collections.abc import MutableMapping
 from pathlib import Path
+from typing import Any
 
 from django.core.exceptions import ImproperlyConfigured
 from environs import Env, EnvError
@@ -37,7 +39,7 @@ SECRET_VARIABLES = (
 )  # fmt: skip
 
 
-def read_secret_files(environ: dict[str, str] = os.environ) -> None:
+def read_secret_files(environ: MutableMapping[str, str] = os.environ) -> None:
     for name in SECRET_VARIABLES:
         path = environ.get(f"{name}_FILE")
         if path and not environ.get(name):
@@ -58,7 +60,7 @@ try:
     DEBUG = env.bool("DEBUG", default=not PRODUCTION)
     SECRET_KEY = env.str("SECRET_KEY", "" if PRODUCTION else "insecure-development-key")
     ALLOWED_HOSTS = env.list("ALLOWED_HOSTS", [] if PRODUCTION else ["localhost", "127.0.0.1"])
-    CSRF_TRUSTED_ORIGINS = env.list("CSRF_TRUSTED_ORIGINS", [])
+    CSRF_TRUSTED_ORIGINS: list[str] = env.list("CSRF_TRUSTED_ORIGINS", [])
 
     DATABASES = {"default": env.dj_db_url("DATABASE_URL")}
     # Transaction pooling (PgBouncer) cannot keep WITH HOLD cursors across transactions.
@@ -97,13 +99,14 @@ try:
     SENTRY_TRACES_SAMPLE_RATE = env.float(
         "SENTRY_TRACES_SAMPLE_RATE", 0.0, validate=Range(min=0.0, max=1.0)
     )
-    ADMINS = env.list("ADMINS", [])
+    ADMINS: list[str] = env.list("ADMINS", [])
     # The worker's Prometheus endpoint (its main process serves what every pool process counted);
     # 0 turns it off. web and events serve /metrics on their own port (README, "Metrics").
     WORKER_METRICS_PORT = env.int("WORKER_METRICS_PORT", 9808, validate=Range(min=0, max=65535))
     WORKER_METRICS_BIND = env.str("WORKER_METRICS_BIND", "0.0.0.0")  # noqa: S104 - in a container
     # Client networks whose /readyz answers show each component's latency and error.
-    READYZ_DETAIL_FROM = env.list(
+    # Strings here; parsed into ip_network objects below.
+    READYZ_DETAIL_FROM: list[Any] = env.list(
         "READYZ_DETAIL_FROM",
         ["127.0.0.0/8", "::1/128", "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16"],
     )
@@ -155,7 +158,7 @@ try:
 
     EMAIL_URL = env.str("EMAIL_URL", "console://" if not PRODUCTION else "smtp://localhost:25")
     DEFAULT_FROM_EMAIL = env.str("DEFAULT_FROM_EMAIL", "noreply@localhost")
-    LOG_LEVEL = env.log_level("LOG_LEVEL", "INFO")
+    LOG_LEVEL = env.log_level("LOG_LEVEL", "INFO")  # type: ignore[call-overload]  # names work too
     LOG_FORMAT = env.str("LOG_FORMAT", default_format(DJANGO_ENV), validate=OneOf(FORMATS))
 except EnvError as exc:
     raise ImproperlyConfigured(f"Environment: {exc}") from exc

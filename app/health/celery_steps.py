@@ -1,6 +1,6 @@
 """Worker bootstep that keeps the worker's heartbeat file fresh."""
 
-from typing import Any, ClassVar
+from typing import Any
 
 from celery import bootsteps
 
@@ -10,7 +10,7 @@ INTERVAL_SECONDS = 5.0
 
 
 class WorkerHeartbeat(bootsteps.StartStopStep):
-    requires: ClassVar[set[str]] = {"celery.worker.components:Timer"}
+    requires = {"celery.worker.components:Timer"}  # type: ignore[assignment]  # any iterable
 
     def __init__(self, parent: Any, **kwargs: Any) -> None:
         super().__init__(parent, **kwargs)

@@ -7,9 +7,10 @@ Prometheus (nginx never routes /metrics: it is reached on web's own port only).
 """
 
 from collections.abc import Awaitable
+from typing import cast
 
 from asgiref.sync import async_to_sync
-from django.http import HttpRequest, HttpResponse
+from django.http import HttpRequest, HttpResponseBase
 
 from core.metrics import metrics_view
 from core.middleware import HybridMiddleware
@@ -23,7 +24,7 @@ class HealthCheckMiddleware(HybridMiddleware):
     """Async under ASGI (core.asgi sends the probes down the async chain); sync in a sync chain
     (web's WSGI workers, and core.asgi's chain for sync views, which probes never reach)."""
 
-    def __call__(self, request: HttpRequest) -> HttpResponse | Awaitable[HttpResponse]:
+    def __call__(self, request: HttpRequest) -> HttpResponseBase | Awaitable[HttpResponseBase]:
         if self.is_async:
             return self._acall(request)
         probe = PROBES.get(request.path_info)
@@ -31,8 +32,8 @@ class HealthCheckMiddleware(HybridMiddleware):
             return async_to_sync(probe)(request)
         return self.get_response(request)
 
-    async def _acall(self, request: HttpRequest) -> HttpResponse:
+    async def _acall(self, request: HttpRequest) -> HttpResponseBase:
         probe = PROBES.get(request.path_info)
         if probe is not None:
             return await probe(request)
-        return await self.get_response(request)
+        return await cast(Awaitable[HttpResponseBase], self.get_response(request))

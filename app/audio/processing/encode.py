@@ -340,6 +340,7 @@ def _pcm_loudness(
         command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
         preexec_fn=functools.partial(_confine, limits),
     )  # fmt: skip
+    assert process.stdout is not None  # stdout=PIPE
     try:
         while chunk := process.stdout.read(1 << 20):
             if stop():

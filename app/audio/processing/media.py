@@ -13,6 +13,7 @@ import unicodedata
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import cast
 
 import av
 import numpy as np
@@ -197,10 +198,12 @@ def _audio_stream(container: av.container.InputContainer) -> av.audio.stream.Aud
     stream = streams[0]
     if stream.codec_context.name not in ALLOWED_CODECS:
         raise InvalidAudio(f"unsupported audio codec ({stream.codec_context.name})")
-    return stream
+    return cast(av.audio.stream.AudioStream, stream)  # the type checked above
 
 
-def _duration_hint(container: av.container.InputContainer, stream: object) -> float | None:
+def _duration_hint(
+    container: av.container.InputContainer, stream: av.audio.stream.AudioStream
+) -> float | None:
     if stream.duration and stream.time_base:
         return float(stream.duration * stream.time_base)
     return float(container.duration / 1e6) if container.duration else None

@@ -22,6 +22,7 @@ import itertools
 import sys
 from collections.abc import Iterator, Sequence
 from fractions import Fraction
+from typing import cast
 
 import av
 
@@ -177,7 +178,7 @@ def _filtered(
 def _drain(graph: av.filter.Graph) -> Iterator[av.AudioFrame]:
     while True:
         try:
-            yield graph.pull()
+            yield cast(av.AudioFrame, graph.pull())  # an audio-only graph
         except (av.BlockingIOError, av.EOFError):
             return
 

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from django.conf import settings
-from django.contrib.auth.models import AbstractBaseUser
+from django.contrib.auth.models import User
 from django.db import transaction
 from django.db.models import Q
 from django.utils import timezone
@@ -46,7 +46,7 @@ def stuck_jobs(
     now: datetime | None = None,
     *,
     older_than_s: float | None = None,
-    owner: AbstractBaseUser | None = None,
+    owner: User | None = None,
 ) -> list[StuckJob]:
     """Selector: the jobs whose task looks gone, each with what the sweep does with it.
 
@@ -56,8 +56,8 @@ def stuck_jobs(
     task is still waiting in the broker or was recently delivered to a worker is LEAVE (a
     redelivered task takes its own run over); past AUDIO_MAX_ATTEMPTS a processing job is FAIL."""
     now = now or timezone.now()
-    heartbeat_timeout = settings.AUDIO_HEARTBEAT_TIMEOUT_S
-    queued_grace = settings.AUDIO_QUEUED_GRACE_S
+    heartbeat_timeout: float = settings.AUDIO_HEARTBEAT_TIMEOUT_S
+    queued_grace: float = settings.AUDIO_QUEUED_GRACE_S
     if older_than_s is not None:
         heartbeat_timeout = max(older_than_s, heartbeat_timeout)
         queued_grace = older_than_s
@@ -110,7 +110,7 @@ def recover_stuck_jobs(
     now: datetime | None = None,
     *,
     older_than_s: float | None = None,
-    owner: AbstractBaseUser | None = None,
+    owner: User | None = None,
 ) -> dict[str, int]:
     """Queue again each job whose task is gone: processing with a heartbeat older than
     AUDIO_HEARTBEAT_TIMEOUT_S, or queued for AUDIO_QUEUED_GRACE_S, and its task neither waiting in
@@ -146,7 +146,7 @@ def purgeable_jobs(
     now: datetime | None = None,
     *,
     older_than_days: float | None = None,
-    owner: AbstractBaseUser | None = None,
+    owner: User | None = None,
     statuses: Iterable[str] | None = None,
     include_purged: bool = False,
 ) -> JobQuerySet:

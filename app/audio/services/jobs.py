@@ -9,7 +9,7 @@ from datetime import timedelta
 
 from django.conf import settings
 from django.contrib.auth import get_user_model
-from django.contrib.auth.models import AbstractBaseUser
+from django.contrib.auth.models import User
 from django.core.files.uploadedfile import UploadedFile
 from django.db import transaction
 from django.db.models import Q, Sum
@@ -48,7 +48,7 @@ def limits() -> media.Limits:
     )
 
 
-def storage_used(owner: AbstractBaseUser) -> int:
+def storage_used(owner: User) -> int:
     """Bytes of sources and renditions the owner keeps (purged jobs keep none)."""
     kept = Q(files_purged_at__isnull=True)
     sources = Job.objects.owned_by(owner).filter(kept).aggregate(total=Sum("source_size"))
@@ -56,7 +56,7 @@ def storage_used(owner: AbstractBaseUser) -> int:
     return (sources["total"] or 0) + (renditions.aggregate(total=Sum("size"))["total"] or 0)
 
 
-def check_limits(owner: AbstractBaseUser, new_bytes: int) -> None:
+def check_limits(owner: User, new_bytes: int) -> None:
     """AUDIO_MAX_ACTIVE_JOBS (429) and AUDIO_USER_QUOTA_MB (413); `new_bytes` is what the request
     adds. Authoritative only under `_lock_owner` (two requests of one user cannot both pass)."""
     active = Job.objects.owned_by(owner).active().count()
@@ -76,7 +76,7 @@ def check_limits(owner: AbstractBaseUser, new_bytes: int) -> None:
         )
 
 
-def _lock_owner(owner: AbstractBaseUser) -> None:
+def _lock_owner(owner: User) -> None:
     get_user_model().objects.select_for_update().filter(pk=owner.pk).first()
 
 
@@ -94,7 +94,7 @@ def new_task_id() -> str:
     return str(uuid.uuid4())
 
 
-def create_job(owner: AbstractBaseUser, upload: UploadedFile, preset: str) -> Job:
+def create_job(owner: User, upload: UploadedFile, preset: str) -> Job:
     """Store the upload under a server-generated name, check it is audio, queue its processing."""
     if not accounts.is_verified(owner):
         raise Refused(
@@ -104,6 +104,7 @@ def create_job(owner: AbstractBaseUser, upload: UploadedFile, preset: str) -> Jo
         )
     if preset not in PRESETS:
         raise Refused(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
+    assert upload.size is not None  # Django's upload handlers always set it
     if upload.size == 0:
         raise Refused("the file is empty")
     if upload.size > settings.UPLOAD_MAX_BYTES:

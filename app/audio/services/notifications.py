@@ -9,7 +9,7 @@ from datetime import datetime, timedelta
 
 from django.conf import settings
 from django.contrib.auth import get_user_model
-from django.contrib.auth.models import AbstractBaseUser
+from django.contrib.auth.models import User
 from django.core.mail import EmailMultiAlternatives
 from django.db import transaction
 from django.db.models import F, Q
@@ -75,7 +75,7 @@ SENT, BUSY, NO_EMAIL, NOT_FINISHED = "sent", "busy", "no_email", "not_finished"
 def notifiable_jobs(
     *,
     job_ids: Iterable[uuid.UUID | str] = (),
-    owner: AbstractBaseUser | None = None,
+    owner: User | None = None,
     finished_since: datetime | None = None,
     finished_until: datetime | None = None,
 ) -> JobQuerySet:

@@ -15,8 +15,11 @@ import logging
 import shutil
 import threading
 import time
+import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
+from typing import Any, cast
 
 from django import db
 from django.conf import settings
@@ -98,7 +101,8 @@ def claim(job_id: str, task_id: str) -> Job | None:
         return None
     heartbeat = ours.filter(status=Job.Status.PROCESSING).values_list("heartbeat_at", flat=True)
     if heartbeat:
-        age = (now - heartbeat[0]).total_seconds()
+        # Not None: a processing run without a heartbeat was claimable above.
+        age = (now - cast(datetime, heartbeat[0])).total_seconds()
         raise Busy(max(1.0, settings.AUDIO_HEARTBEAT_TIMEOUT_S - age + 1))
     state = Job.objects.filter(pk=job_id).values("status", "task_id").first()
     logger.info("job %s: task %s has nothing to do (%s)", job_id, task_id,
@@ -236,7 +240,7 @@ def _commit(job: Job, run: Run, result: _Result) -> None:
     logger.info("job %s: done (task %s)", job.pk, run.task_id)
 
 
-def fail_run(job_id: str, task_id: str, reason: str) -> bool:
+def fail_run(job_id: uuid.UUID | str, task_id: str, reason: str) -> bool:
     """End the task's run as failed, with the reason for its owner (no-op if not its run)."""
     with transaction.atomic():
         failed = Job.objects.filter(pk=job_id, task_id=task_id, status__in=Job.ACTIVE).transition(
@@ -247,7 +251,9 @@ def fail_run(job_id: str, task_id: str, reason: str) -> bool:
             events.job_changed(job_id)
             notifications.notify_finished(job_id)
     if failed:
-        row = Job.objects.filter(pk=job_id).values("preset", "started_at").first() or {}
+        row: Mapping[str, Any] = (
+            Job.objects.filter(pk=job_id).values("preset", "started_at").first() or {}
+        )
         metrics.run_finished(row.get("preset", ""), Job.Status.FAILED, row.get("started_at"))
         logger.info("job %s: failed (task %s): %s", job_id, task_id, reason)
     return bool(failed)

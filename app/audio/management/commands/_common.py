@@ -10,7 +10,7 @@ from contextlib import contextmanager
 from datetime import datetime, timedelta
 
 from django.contrib.auth import get_user_model
-from django.contrib.auth.models import AbstractBaseUser
+from django.contrib.auth.models import User
 from django.core.management.base import BaseCommand, CommandError
 from django.utils import timezone
 from django.utils.dateparse import parse_date, parse_datetime
@@ -37,7 +37,7 @@ def bad_input(message: str) -> CommandError:
     return CommandError(message, returncode=BAD_INPUT)
 
 
-def resolve_user(identifier: str) -> AbstractBaseUser:
+def resolve_user(identifier: str) -> User:
     """A user by username, else by email address (case-insensitive), else by numeric id."""
     users = get_user_model().objects
     user = users.filter(username=identifier).first()
