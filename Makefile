@@ -78,7 +78,8 @@ lint: .venv/.synced ## ruff (lint, format), shellcheck, hadolint, mypy: .pre-com
 
 test: test-deps .venv/.synced lint ## lint, then every suite but chaos, containers and swarm (unit, integration, e2e), with branch coverage of app/
 	.venv/bin/python -m pytest -m "not containers and not chaos and not swarm" \
-		--cov=app --cov-branch --cov-report=term:skip-covered --cov-report=json:test-artifacts/coverage.json $(PYTEST_ARGS)
+		--cov=app --cov-branch --cov-report=term:skip-covered --cov-report=json:test-artifacts/coverage.json \
+		--durations=15 $(PYTEST_ARGS)
 
 test-chaos: test-deps .venv/.synced ## kill, restart and overload a native stack of its own (~8 min)
 	TEST_STACK=chaos .venv/bin/python -m pytest -m chaos tests/chaos $(PYTEST_ARGS)
