@@ -4,23 +4,16 @@ of an upstream the test controls: what a test of nginx's own behaviour needs, wi
 import http.server
 import os
 import signal
-import socket
 import subprocess
 import threading
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from tests.ports import free_port, wait_listening
 from tests.stack_env import REPO_DIR
 
 START = REPO_DIR / "deployments" / "compose" / "nginx" / "start"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Upstream(http.server.ThreadingHTTPServer):
@@ -81,15 +74,7 @@ def nginx_running(tmp_path: Path, upstream: str, **overrides: str) -> Iterator[s
                                stderr=subprocess.PIPE, text=True,
                                start_new_session=True)  # fmt: skip
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                assert process.poll() is None, process.stderr.read() if process.stderr else ""
-                assert time.monotonic() < deadline, "nginx did not listen"
-                time.sleep(0.2)
+        wait_listening(port, process)
         yield f"https://127.0.0.1:{port}"
     finally:
         os.killpg(process.pid, signal.SIGTERM)

@@ -5,7 +5,6 @@ picked up by a reload while requests keep flowing, none failing."""
 
 import json
 import shutil
-import socket
 import ssl
 import subprocess
 import time
@@ -20,6 +19,7 @@ from cryptography import x509
 from tests.acme import NAME, RequestsFlowing, wait_for_new_certificate
 from tests.conftest import NativeStack
 from tests.nginx_alone import nginx_running
+from tests.ports import wait_listening
 from tests.stack_env import REPO_DIR
 
 pytestmark = pytest.mark.e2e
@@ -34,16 +34,6 @@ class Pebble:
     directory: str
     tls_ca: Path  # the CA of Pebble's own HTTPS endpoint
     root: Path  # Pebble's issuing root, for the certificates it issues
-
-
-def wait_for_port(port: int, timeout: float = 20) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with socket.socket() as sock:
-            if sock.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.1)
-    raise AssertionError(f"nothing listens on {port}")
 
 
 @pytest.fixture
@@ -81,8 +71,8 @@ def pebble(tmp_path: Path, native_stack: NativeStack) -> Iterator[Pebble]:
         stdout=(tmp_path / "pebble.log").open("wb"), stderr=subprocess.STDOUT,
     )  # fmt: skip
     try:
-        wait_for_port(PEBBLE_PORT)
-        wait_for_port(PEBBLE_MANAGEMENT_PORT)
+        wait_listening(PEBBLE_PORT, server)
+        wait_listening(PEBBLE_MANAGEMENT_PORT, server)
         tls_ca = tmp_path / "ca.pem"  # make-local-certs leaves its CA beside the certificate
         root = httpx.get(f"https://127.0.0.1:{PEBBLE_MANAGEMENT_PORT}/roots/0",
                          verify=ssl.create_default_context(cafile=str(tls_ca)))  # fmt: skip

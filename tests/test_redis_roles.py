@@ -13,7 +13,7 @@ from pathlib import Path
 
 import redis
 
-from tests.nginx_alone import free_port
+from tests.ports import free_port
 from tests.stack_env import REPO_DIR
 
 START = REPO_DIR / "deployments" / "compose" / "redis" / "start"

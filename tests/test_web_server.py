@@ -5,7 +5,6 @@ no work twice."""
 
 import asyncio
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -19,6 +18,7 @@ from django.core.handlers.asgi import ASGIHandler
 
 from core.asgi import DjangoASGIHandler
 from tests.conftest import REPO_DIR, NativeStack
+from tests.ports import free_port
 
 GUNICORN_CONF = REPO_DIR / "deployments" / "compose" / "django" / "gunicorn.conf.py"
 
@@ -70,12 +70,6 @@ def test_a_sync_view_takes_one_hop_to_its_thread_not_one_per_middleware(settings
     # response. Django's own: one per sync middleware hook besides.
     assert ours[1] <= 4 and djangos[1] >= ours[1] + 5, (ours, djangos)
     assert hops(DjangoASGIHandler(), "/healthz", [])[0] == 200  # async views: the async chain
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def start_server(env: dict[str, str]) -> subprocess.Popen[bytes]:

@@ -6,9 +6,7 @@ from the queue by hand, where the broker would carry it), and neither keeps a co
 redirects to signed URLs after the same permission check; deleting the job empties its folder."""
 
 import shutil
-import socket
 import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,18 +18,13 @@ from audio.models import Job
 from audio.services import jobs, pipeline
 from tests.audio import signals
 from tests.audio.test_api import client_for, upload
+from tests.ports import free_port, wait_listening
 from tests.stack_env import REPO_DIR
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
 BUCKET = "core-media"
 S3RVER_KEY = "S3RVER"  # s3rver's fixed credentials
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -53,15 +46,7 @@ def s3_endpoint(tmp_path_factory) -> Iterator[str]:
          "127.0.0.1", "--port", str(port), "--configure-bucket", BUCKET, "--silent"],
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            break
-        except OSError:
-            assert server.poll() is None, server.stderr.read() if server.stderr else ""
-            assert time.monotonic() < deadline, "s3rver did not listen"
-            time.sleep(0.2)
+    wait_listening(port, server)
     yield f"http://127.0.0.1:{port}"
     server.terminate()
     server.wait(10)
