@@ -70,8 +70,9 @@ class ResendVerification(APIView):
         if services.is_verified(user):
             return Response({"detail": "your email address is already confirmed"})
         services.request_verification(user)
-        return Response({"detail": f"a new link is on its way to {user.email}"},
-                        status=status.HTTP_202_ACCEPTED)  # fmt: skip
+        return Response(
+            {"detail": f"a new link is on its way to {user.email}"}, status=status.HTTP_202_ACCEPTED
+        )
 
 
 class ObtainToken(ObtainAuthToken):

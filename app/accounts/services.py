@@ -80,8 +80,9 @@ def send_verification_email(user_id: int) -> None:
         body=render_to_string("registration/verify_email.txt", context),
         to=[user.email],
     )
-    message.attach_alternative(render_to_string("registration/verify_email.html", context),
-                               "text/html")  # fmt: skip
+    message.attach_alternative(
+        render_to_string("registration/verify_email.html", context), "text/html"
+    )
     message.send()
 
 

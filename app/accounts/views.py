@@ -35,5 +35,9 @@ def signup(request: HttpRequest) -> HttpResponse:
 
 def verify_email(request: HttpRequest, token: str) -> HttpResponse:
     verified = services.verify(token) is not None
-    return render(request, "registration/verify_done.html", {"verified": verified},
-                  status=200 if verified else 400)  # fmt: skip
+    return render(
+        request,
+        "registration/verify_done.html",
+        {"verified": verified},
+        status=200 if verified else 400,
+    )

@@ -27,8 +27,17 @@ class RenditionInline(admin.TabularInline):
 
 @admin.register(Job)
 class JobAdmin(admin.ModelAdmin):
-    list_display = ["original_name", "owner", "preset", "status", "phase", "progress", "attempts",
-                    "created_at", "finished_at"]  # fmt: skip
+    list_display = [
+        "original_name",
+        "owner",
+        "preset",
+        "status",
+        "phase",
+        "progress",
+        "attempts",
+        "created_at",
+        "finished_at",
+    ]
     list_filter = ["status", "preset", "created_at"]
     search_fields = ["id", "original_name", "owner__username", "owner__email", "error"]
     date_hierarchy = "created_at"
@@ -43,14 +52,20 @@ class JobAdmin(admin.ModelAdmin):
     @admin.action(description="Re-run the selected finished jobs")
     def rerun(self, request: HttpRequest, queryset: QuerySet[Job]) -> None:
         done = sum(_applied(job_services.rerun_job, job) for job in queryset)
-        self.message_user(request, f"{done} of {queryset.count()} jobs queued again.",
-                          messages.SUCCESS if done else messages.WARNING)  # fmt: skip
+        self.message_user(
+            request,
+            f"{done} of {queryset.count()} jobs queued again.",
+            messages.SUCCESS if done else messages.WARNING,
+        )
 
     @admin.action(description="Cancel the selected queued or running jobs")
     def cancel(self, request: HttpRequest, queryset: QuerySet[Job]) -> None:
         done = sum(_applied(job_services.cancel_job, job) for job in queryset)
-        self.message_user(request, f"{done} of {queryset.count()} jobs canceled.",
-                          messages.SUCCESS if done else messages.WARNING)  # fmt: skip
+        self.message_user(
+            request,
+            f"{done} of {queryset.count()} jobs canceled.",
+            messages.SUCCESS if done else messages.WARNING,
+        )
 
     def delete_model(self, request: HttpRequest, obj: Job) -> None:
         job_services.delete_job(obj)

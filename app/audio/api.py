@@ -44,9 +44,11 @@ class NewestFirst(CursorPagination):
 
 
 class JobViewSet(
-    mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins.DestroyModelMixin,
+    mixins.ListModelMixin,
+    mixins.RetrieveModelMixin,
+    mixins.DestroyModelMixin,
     viewsets.GenericViewSet,
-):  # fmt: skip
+):
     serializer_class = JobSerializer
     pagination_class = NewestFirst
     parser_classes = [MultiPartParser, JSONParser]

@@ -10,8 +10,16 @@ class RenditionSerializer(serializers.ModelSerializer):
 
     class Meta:
         model = Rendition
-        fields = ["format", "content_type", "size", "loudness", "gain_db", "within_target", "note",
-                  "download_url"]  # fmt: skip
+        fields = [
+            "format",
+            "content_type",
+            "size",
+            "loudness",
+            "gain_db",
+            "within_target",
+            "note",
+            "download_url",
+        ]
 
     def get_download_url(self, rendition: Rendition) -> str:
         path = reverse("audio-api:job-rendition", args=[rendition.job_id, rendition.format])
@@ -26,10 +34,23 @@ class JobSerializer(serializers.ModelSerializer):
     class Meta:
         model = Job
         fields = [
-            "id", "status", "phase", "progress", "error", "preset", "original_name", "source_size",
-            "source_metadata", "loudness_before", "loudness_after", "renditions", "waveform",
-            "created_at", "started_at", "finished_at",
-        ]  # fmt: skip
+            "id",
+            "status",
+            "phase",
+            "progress",
+            "error",
+            "preset",
+            "original_name",
+            "source_size",
+            "source_metadata",
+            "loudness_before",
+            "loudness_after",
+            "renditions",
+            "waveform",
+            "created_at",
+            "started_at",
+            "finished_at",
+        ]
         read_only_fields = fields
 
     def get_waveform(self, job: Job) -> dict[str, str] | None:

@@ -97,9 +97,12 @@ class _Hub:
 
     async def _listen(self) -> None:
         client = aioredis.Redis.from_url(
-            settings.CACHE_URL, socket_connect_timeout=1, socket_keepalive=True,
-            health_check_interval=30, decode_responses=True,
-        )  # fmt: skip
+            settings.CACHE_URL,
+            socket_connect_timeout=1,
+            socket_keepalive=True,
+            health_check_interval=30,
+            decode_responses=True,
+        )
         try:
             async with client.pubsub() as pubsub:
                 await pubsub.psubscribe(f"{CHANNEL_PREFIX}*")
@@ -168,9 +171,14 @@ class Stream:
         assert _hub.client is not None
         try:
             granted = await _hub.client.eval(
-                _ACQUIRE, 1, _lease_key(self.user_id), time.time(),
-                settings.SSE_MAX_STREAMS_PER_USER, 3 * settings.SSE_KEEPALIVE_S, self.lease,
-            )  # fmt: skip
+                _ACQUIRE,
+                1,
+                _lease_key(self.user_id),
+                time.time(),
+                settings.SSE_MAX_STREAMS_PER_USER,
+                3 * settings.SSE_KEEPALIVE_S,
+                self.lease,
+            )
         except RedisError as exc:
             self.release()
             raise Unavailable("the event service did not answer") from exc
@@ -192,8 +200,14 @@ class Stream:
     async def _refresh_lease(self) -> None:
         assert _hub.client is not None
         with contextlib.suppress(RedisError):
-            await _hub.client.eval(_REFRESH, 1, _lease_key(self.user_id), time.time(),
-                                   3 * settings.SSE_KEEPALIVE_S, self.lease)  # fmt: skip
+            await _hub.client.eval(
+                _REFRESH,
+                1,
+                _lease_key(self.user_id),
+                time.time(),
+                3 * settings.SSE_KEEPALIVE_S,
+                self.lease,
+            )
 
     async def events(self, snapshot: list[str]) -> AsyncIterator[str]:
         try:

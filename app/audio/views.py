@@ -24,12 +24,16 @@ from .services.events import EVENT_FIELDS, encode
 
 @login_required
 def jobs(request: HttpRequest) -> HttpResponse:
-    return render(request, "audio/jobs.html", {
-        "jobs": Job.objects.owned_by(request.user)[:50],
-        "presets": PRESETS.values(),
-        "max_bytes": settings.UPLOAD_MAX_BYTES,
-        "max_mb": settings.UPLOAD_MAX_MB,
-    })  # fmt: skip
+    return render(
+        request,
+        "audio/jobs.html",
+        {
+            "jobs": Job.objects.owned_by(request.user)[:50],
+            "presets": PRESETS.values(),
+            "max_bytes": settings.UPLOAD_MAX_BYTES,
+            "max_mb": settings.UPLOAD_MAX_MB,
+        },
+    )
 
 
 @login_required

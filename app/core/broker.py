@@ -26,8 +26,11 @@ def _task_id(message: str | bytes | dict) -> str:
 def pending_task_ids(delivered_within_s: float, queues: tuple[str, ...]) -> set[str]:
     """Tasks in `queues`, plus those a worker received less than `delivered_within_s` ago (older
     unacknowledged deliveries belong to a worker that died, until the visibility timeout)."""
-    keys = [q for queue in queues for q in (queue, *(f"{queue}{PRIORITY_SEPARATOR}{p}"
-                                                      for p in PRIORITY_STEPS))]  # fmt: skip
+    keys = [
+        q
+        for queue in queues
+        for q in (queue, *(f"{queue}{PRIORITY_SEPARATOR}{p}" for p in PRIORITY_STEPS))
+    ]
     with redis.Redis.from_url(settings.CELERY_BROKER_URL, socket_timeout=10) as client:
         ids = {_task_id(m) for key in keys for m in client.lrange(key, 0, -1)}
         recent = client.zrangebyscore(UNACKED_INDEX, time.time() - delivered_within_s, "+inf")

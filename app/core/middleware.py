@@ -34,8 +34,12 @@ class DatabaseUnavailableMiddleware(MiddlewareMixin):
     def process_exception(self, request: HttpRequest, exception: Exception) -> HttpResponse | None:
         if not isinstance(exception, OperationalError | InterfaceError):
             return None
-        logger.warning("database unavailable for %s %s: %s", request.method, request.path,
-                       " ".join(str(exception).split())[:300])  # fmt: skip
+        logger.warning(
+            "database unavailable for %s %s: %s",
+            request.method,
+            request.path,
+            " ".join(str(exception).split())[:300],
+        )
         return JsonResponse(
             {"detail": "the service is briefly unavailable; try again in a few seconds"},
             status=503,

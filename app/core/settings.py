@@ -32,11 +32,24 @@ def _fail(variable: str, reason: str) -> None:
 # so that every Python process has them, `docker exec` ones included; the same list as
 # deployments/compose/file-env, which does this for the shell scripts (a test compares them).
 SECRET_VARIABLES = (
-    "SECRET_KEY", "DATABASE_URL", "DATABASE_DIRECT_URL", "CELERY_BROKER_URL",
-    "CELERY_RESULT_BACKEND", "CACHE_URL", "DIAGNOSTICS_TOKEN", "FLOWER_BASIC_AUTH", "EMAIL_URL",
-    "SENTRY_DSN", "POSTGRES_PASSWORD", "APP_DB_PASSWORD", "PGBOUNCER_ADMIN_PASSWORD",
-    "REDIS_BROKER_PASSWORD", "REDIS_CACHE_PASSWORD", "S3_ACCESS_KEY_ID", "S3_SECRET_ACCESS_KEY",
-)  # fmt: skip
+    "SECRET_KEY",
+    "DATABASE_URL",
+    "DATABASE_DIRECT_URL",
+    "CELERY_BROKER_URL",
+    "CELERY_RESULT_BACKEND",
+    "CACHE_URL",
+    "DIAGNOSTICS_TOKEN",
+    "FLOWER_BASIC_AUTH",
+    "EMAIL_URL",
+    "SENTRY_DSN",
+    "POSTGRES_PASSWORD",
+    "APP_DB_PASSWORD",
+    "PGBOUNCER_ADMIN_PASSWORD",
+    "REDIS_BROKER_PASSWORD",
+    "REDIS_CACHE_PASSWORD",
+    "S3_ACCESS_KEY_ID",
+    "S3_SECRET_ACCESS_KEY",
+)
 
 
 def read_secret_files(environ: MutableMapping[str, str] = os.environ) -> None:
@@ -292,13 +305,18 @@ MEDIA_STORE = {
     "s3": {
         "BACKEND": "storages.backends.s3.S3Storage",
         "OPTIONS": {
-            "bucket_name": S3_BUCKET, "endpoint_url": S3_ENDPOINT_URL or None,
-            "region_name": S3_REGION, "access_key": S3_ACCESS_KEY_ID or None,
-            "secret_key": S3_SECRET_ACCESS_KEY or None, "signature_version": "s3v4",
-            "querystring_expire": S3_URL_EXPIRE_S, "file_overwrite": True, "default_acl": None,
+            "bucket_name": S3_BUCKET,
+            "endpoint_url": S3_ENDPOINT_URL or None,
+            "region_name": S3_REGION,
+            "access_key": S3_ACCESS_KEY_ID or None,
+            "secret_key": S3_SECRET_ACCESS_KEY or None,
+            "signature_version": "s3v4",
+            "querystring_expire": S3_URL_EXPIRE_S,
+            "file_overwrite": True,
+            "default_acl": None,
         },
     },
-}  # fmt: skip
+}
 STORAGES = {
     "default": MEDIA_STORE[MEDIA_STORAGE],
     "staticfiles": {

@@ -5,10 +5,25 @@ from django.db import migrations
 
 SCHEDULE = [
     # name, task, kind, spec
-    ("Recover stuck audio jobs", "audio.recover_stuck_jobs", "interval", {"every": 5, "period": "minutes"}),
-    ("Purge expired audio files", "audio.purge_expired_files", "crontab", {"minute": "30", "hour": "3"}),
-    ("Daily audio summary to admins", "audio.send_daily_summary", "crontab", {"minute": "0", "hour": "7"}),
-]  # fmt: skip
+    (
+        "Recover stuck audio jobs",
+        "audio.recover_stuck_jobs",
+        "interval",
+        {"every": 5, "period": "minutes"},
+    ),
+    (
+        "Purge expired audio files",
+        "audio.purge_expired_files",
+        "crontab",
+        {"minute": "30", "hour": "3"},
+    ),
+    (
+        "Daily audio summary to admins",
+        "audio.send_daily_summary",
+        "crontab",
+        {"minute": "0", "hour": "7"},
+    ),
+]
 
 
 def create(apps, schema_editor):

@@ -81,14 +81,30 @@ class Format:
 
 FORMATS = {
     # VBR (-q:a 2): LAME's CBR/ABR at <= 160 kbps scales input by 0.95 (-0.45 dB).
-    "mp3": Format("mp3", "mp3", "audio/mpeg", "libmp3lame", "mp3", 44100,
-                  (("flags", "+qscale"), ("global_quality", str(2 * 118))), max_channels=2),
-    "aac": Format("aac", "m4a", "audio/mp4", "aac", "ipod", 48000, (("b", "160k"),),
-                  (("movflags", "+faststart"),)),
+    "mp3": Format(
+        "mp3",
+        "mp3",
+        "audio/mpeg",
+        "libmp3lame",
+        "mp3",
+        44100,
+        (("flags", "+qscale"), ("global_quality", str(2 * 118))),
+        max_channels=2,
+    ),
+    "aac": Format(
+        "aac",
+        "m4a",
+        "audio/mp4",
+        "aac",
+        "ipod",
+        48000,
+        (("b", "160k"),),
+        (("movflags", "+faststart"),),
+    ),
     "opus": Format("opus", "opus", "audio/ogg", "libopus", "ogg", 48000, (("b", "96k"),)),
     # A fixed block size: from an MP3 input FFmpeg picks ~47-sample frames (10x slower, 2x bigger).
     "flac": Format("flac", "flac", "audio/flac", "flac", "flac", None, (("frame_size", "4608"),)),
-}  # fmt: skip
+}
 # Raw float PCM at the source's rate and channels: the limited audio measured, not delivered.
 PCM = Format("pcm", "f32", "audio/L32", "pcm_f32le", "f32le")
 
@@ -130,8 +146,16 @@ def render(
     """`stop` is asked twice a second while an encoder runs: true kills it (raises Stopped)."""
     gain = plan_gain(analysis.loudness, target_lufs)
     if gain is None:
-        _encode(source, demuxer_name(analysis), dest, fmt, gain_db=0.0, limit_dbfs=ceiling_dbtp,
-                limits=limits, stop=stop)  # fmt: skip
+        _encode(
+            source,
+            demuxer_name(analysis),
+            dest,
+            fmt,
+            gain_db=0.0,
+            limit_dbfs=ceiling_dbtp,
+            limits=limits,
+            stop=stop,
+        )
         measured = analyse(dest, limits, waveform=False).loudness
         return Rendition(fmt, dest, measured, 0.0, False, "silent: nothing to normalise")
     limit = ceiling_dbtp - HEADROOM_DB.get(fmt.codec, DEFAULT_HEADROOM_DB)
@@ -142,9 +166,17 @@ def render(
         for attempt in range(1, MAX_ATTEMPTS + 1):
             path = dest.with_name(f"{dest.stem}.try{attempt}{dest.suffix}")
             made.append(path)
-            _encode(source, demuxer_name(analysis), path, fmt, gain_db=gain, limit_dbfs=limit,
-                    limits=limits, stop=stop,
-                    oversample=OVERSAMPLE if limiting(analysis, gain, limit) else 1)  # fmt: skip
+            _encode(
+                source,
+                demuxer_name(analysis),
+                path,
+                fmt,
+                gain_db=gain,
+                limit_dbfs=limit,
+                limits=limits,
+                stop=stop,
+                oversample=OVERSAMPLE if limiting(analysis, gain, limit) else 1,
+            )
             measured = analyse(path, limits, waveform=False).loudness
             attempts.append((path, measured, gain, limit))
             if measured.integrated_lufs is None:
@@ -277,9 +309,12 @@ def _encode(
     cpu_before = _children_cpu_s()
     deadline = time.monotonic() + ENCODE_TIMEOUT_S
     process = subprocess.Popen(
-        command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        command,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
         preexec_fn=functools.partial(_confine, limits),  # only setrlimit/prctl after fork
-    )  # fmt: skip
+    )
     try:
         while True:
             try:
@@ -289,8 +324,9 @@ def _encode(
                 if stop():
                     raise Stopped(f"encoding {fmt.name} was stopped") from None
                 if time.monotonic() > deadline:
-                    raise InvalidAudio(f"encoding {fmt.name} took longer than "
-                                       f"{ENCODE_TIMEOUT_S} s") from None  # fmt: skip
+                    raise InvalidAudio(
+                        f"encoding {fmt.name} took longer than {ENCODE_TIMEOUT_S} s"
+                    ) from None
     except BaseException:  # stopped, timed out, the task's time limit: no encoder outlives it
         process.kill()
         process.communicate()
@@ -317,9 +353,17 @@ def _command(
     limit = min(max(10 ** (limit_dbfs / 20), 0.0625), 1.0)
     program = os.environ.get(ENCODER_EXE_ENV)
     runner = [program] if program else [sys.executable, "-I", str(TRANSCODER)]
-    return [*runner, str(source), dest, "--demuxer", demuxer, f"--gain-db={gain_db:.3f}",
-            f"--limit={limit:.5f}", f"--oversample={oversample}",
-            *fmt.transcoder_args()]  # fmt: skip
+    return [
+        *runner,
+        str(source),
+        dest,
+        "--demuxer",
+        demuxer,
+        f"--gain-db={gain_db:.3f}",
+        f"--limit={limit:.5f}",
+        f"--oversample={oversample}",
+        *fmt.transcoder_args(),
+    ]
 
 
 def _pcm_loudness(
@@ -337,9 +381,12 @@ def _pcm_loudness(
     meter = pyebur128.R128State(channels, rate, pyebur128.MeasurementMode.MODE_I)
     frame_bytes, pending = 4 * channels, b""
     process = subprocess.Popen(
-        command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+        command,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
         preexec_fn=functools.partial(_confine, limits),
-    )  # fmt: skip
+    )
     assert process.stdout is not None  # stdout=PIPE
     try:
         while chunk := process.stdout.read(1 << 20):
@@ -376,14 +423,19 @@ def _failure(
         return OSError(errno.ENOSPC, f"encoding {fmt.name}: no space left on device")
     # An encoder may catch SIGXCPU and exit quietly: its CPU time tells.
     if cpu_s >= limits.encoder_cpu_s or exc.returncode in (-signal.SIGXCPU, -signal.SIGKILL):
-        return InvalidAudio(f"encoding {fmt.name} used more than its {limits.encoder_cpu_s} s "
-                            "of CPU time")  # fmt: skip
+        return InvalidAudio(
+            f"encoding {fmt.name} used more than its {limits.encoder_cpu_s} s of CPU time"
+        )
     if exc.returncode == -signal.SIGXFSZ or "File too large" in stderr:
-        return InvalidAudio(f"the {fmt.name} rendition would be larger than the "
-                            f"{limits.max_output_bytes // 2**20} MB limit")  # fmt: skip
+        return InvalidAudio(
+            f"the {fmt.name} rendition would be larger than the "
+            f"{limits.max_output_bytes // 2**20} MB limit"
+        )
     if any(sign in stderr for sign in _OUT_OF_MEMORY) or exc.returncode == -signal.SIGSEGV:
-        return InvalidAudio(f"encoding {fmt.name} needed more than its "
-                            f"{limits.encoder_memory_bytes // 2**20} MB of memory")  # fmt: skip
+        return InvalidAudio(
+            f"encoding {fmt.name} needed more than its "
+            f"{limits.encoder_memory_bytes // 2**20} MB of memory"
+        )
     message = stderr.strip().splitlines()[-1:] or [f"exit status {exc.returncode}"]
     return InvalidAudio(f"encoding {fmt.name} failed: {message[0][:200]}")
 

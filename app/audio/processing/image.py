@@ -22,6 +22,8 @@ def render_png(waveform: Waveform, dest: Path, width: int = WIDTH, height: int =
             lows = waveform.data[start * 2 : end * 2 : 2]
             highs = waveform.data[start * 2 + 1 : end * 2 : 2]
             low, high = min(lows), max(highs)
-            draw.line([(x, middle - high / 128 * middle), (x, middle - low / 128 * middle)],
-                      fill=FOREGROUND)  # fmt: skip
+            draw.line(
+                [(x, middle - high / 128 * middle), (x, middle - low / 128 * middle)],
+                fill=FOREGROUND,
+            )
     image.save(dest, format="PNG", optimize=True)

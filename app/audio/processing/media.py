@@ -24,9 +24,21 @@ import pyebur128
 ALLOWED_DEMUXERS = {"wav", "flac", "mp3", "aac", "mov,mp4,m4a,3gp,3g2,mj2", "ogg", "matroska,webm"}
 FORMAT_WHITELIST = "wav,flac,mp3,aac,mov,ogg,matroska"
 ALLOWED_CODECS = {
-    "pcm_s16le", "pcm_s24le", "pcm_s32le", "pcm_f32le", "pcm_f64le", "pcm_u8", "pcm_s16be",
-    "flac", "mp3", "mp3float", "aac", "alac", "opus", "vorbis",
-}  # fmt: skip
+    "pcm_s16le",
+    "pcm_s24le",
+    "pcm_s32le",
+    "pcm_f32le",
+    "pcm_f64le",
+    "pcm_u8",
+    "pcm_s16be",
+    "flac",
+    "mp3",
+    "mp3float",
+    "aac",
+    "alac",
+    "opus",
+    "vorbis",
+}
 SILENCE_LUFS = -70.0
 TRUNCATION_RATIO = 0.9  # decoded duration below this share of the header's claim: refuse
 WAVEFORM_PIXELS_PER_SECOND = 20
@@ -230,10 +242,12 @@ def analyse(
             if name.lower() in TAG_NAMES and str(value).strip()
         }
         meter = pyebur128.R128State(
-            channels, rate, pyebur128.MeasurementMode.MODE_I
+            channels,
+            rate,
+            pyebur128.MeasurementMode.MODE_I
             | pyebur128.MeasurementMode.MODE_LRA
             | pyebur128.MeasurementMode.MODE_TRUE_PEAK,
-        )  # fmt: skip
+        )
         resampler = av.AudioResampler(format="flt", layout=_layout(channels), rate=rate)
         peaks = _PeakCollector(rate) if waveform else None
         samples = 0

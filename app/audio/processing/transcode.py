@@ -31,8 +31,16 @@ import av
 LIMITER = "limit={limit:.5f}:level=disabled:attack=5:release=50"
 DEMUXER_WHITELIST = "wav,flac,mp3,aac,mov,ogg,matroska"
 # av_channel_layout_default(): the layout FFmpeg assumes for N channels with no layout.
-DEFAULT_LAYOUTS = {1: "mono", 2: "stereo", 3: "2.1", 4: "4.0", 5: "5.0", 6: "5.1", 7: "6.1",
-                   8: "7.1"}  # fmt: skip
+DEFAULT_LAYOUTS = {
+    1: "mono",
+    2: "stereo",
+    3: "2.1",
+    4: "4.0",
+    5: "5.0",
+    6: "5.1",
+    7: "6.1",
+    8: "7.1",
+}
 
 
 def _pairs(values: Sequence[str]) -> dict[str, str]:
@@ -81,9 +89,14 @@ def encoder_format(codec: av.Codec) -> str:
 
 
 def transcode(args: argparse.Namespace) -> None:
-    source = av.open(args.source, format=args.demuxer, options={
-        "protocol_whitelist": "file", "format_whitelist": DEMUXER_WHITELIST,
-    })  # fmt: skip
+    source = av.open(
+        args.source,
+        format=args.demuxer,
+        options={
+            "protocol_whitelist": "file",
+            "format_whitelist": DEMUXER_WHITELIST,
+        },
+    )
     with source:
         stream = next((s for s in source.streams if s.type == "audio"), None)
         if stream is None:
@@ -95,8 +108,9 @@ def transcode(args: argparse.Namespace) -> None:
             channels = min(channels, args.max_channels)
         layout = layout_name(channels)
         with av.open(args.dest, "w", format=args.muxer, options=_pairs(args.muxer_option)) as out:
-            ostream = out.add_stream(args.codec, rate=rate, layout=layout,
-                                     options=_pairs(args.option))  # fmt: skip
+            ostream = out.add_stream(
+                args.codec, rate=rate, layout=layout, options=_pairs(args.option)
+            )
             encoder = ostream.codec_context
             encoder.format = encoder_format(encoder.codec)
             encoder.time_base = Fraction(1, rate)
@@ -122,9 +136,11 @@ def _graph(
     graph = av.filter.Graph()
     graph.threads = 1  # audio filters here do not thread; one thread keeps the memory bound
     source = graph.add_abuffer(
-        sample_rate=decoder.sample_rate, format=decoder.format.name, layout=decoder.layout.name,
+        sample_rate=decoder.sample_rate,
+        format=decoder.format.name,
+        layout=decoder.layout.name,
         time_base=Fraction(1, decoder.sample_rate),
-    )  # fmt: skip
+    )
     # The encoder's sample format, rate and layout: FFmpeg inserts the resampler it needs.
     negotiate = f"sample_fmts={encoder.format.name}:sample_rates={rate}:channel_layouts={layout}"
     limiter = [graph.add("alimiter", LIMITER.format(limit=args.limit))]

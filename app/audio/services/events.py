@@ -23,8 +23,17 @@ from ..models import Job
 logger = logging.getLogger(__name__)
 
 #: What a stream sends for a job: enough for the page's job list (updated_at: when it changed).
-EVENT_FIELDS = ("id", "original_name", "preset", "status", "phase", "progress", "error",
-                "created_at", "updated_at")  # fmt: skip
+EVENT_FIELDS = (
+    "id",
+    "original_name",
+    "preset",
+    "status",
+    "phase",
+    "progress",
+    "error",
+    "created_at",
+    "updated_at",
+)
 CHANNEL_PREFIX = "audio:jobs:"
 VERSION_PREFIX = "audio:jobs-version:"
 #: A cached page lives this long at most: a change that bypasses the service functions (the

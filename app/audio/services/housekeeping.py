@@ -172,9 +172,11 @@ def purge_job_files(job: Job, now: datetime | None = None) -> bool:
     now = now or timezone.now()
     # Marked first, on the conditions it was selected on: a job re-run meanwhile keeps its files.
     marked = Job.objects.filter(
-        pk=job.pk, status__in=Job.FINISHED, finished_at=job.finished_at,
+        pk=job.pk,
+        status__in=Job.FINISHED,
+        finished_at=job.finished_at,
         files_purged_at__isnull=True,
-    ).update(files_purged_at=now, has_waveform=False)  # fmt: skip
+    ).update(files_purged_at=now, has_waveform=False)
     if not marked:
         return False
     media_store.remove(job.directory)

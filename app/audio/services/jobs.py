@@ -190,18 +190,29 @@ def rerun_job(job: Job) -> None:
             Job.objects.filter(pk=job.pk, status__in=Job.FINISHED, files_purged_at__isnull=True)
             .filter(Q(task_id="") | Q(heartbeat_at__isnull=True) | Q(heartbeat_at__lt=stale))
             .transition(
-                status=Job.Status.QUEUED, task_id=task_id, queued_at=now, phase="", progress=0,
-                error="", started_at=None, finished_at=None, heartbeat_at=None, attempts=0,
-                notified_at=None, notification_claimed_at=None,
+                status=Job.Status.QUEUED,
+                task_id=task_id,
+                queued_at=now,
+                phase="",
+                progress=0,
+                error="",
+                started_at=None,
+                finished_at=None,
+                heartbeat_at=None,
+                attempts=0,
+                notified_at=None,
+                notification_claimed_at=None,
             )
-        )  # fmt: skip
+        )
         if requeued:
             enqueue_run(job.pk, task_id)
             events.job_changed(job.pk)
     _refresh(job)
     if not requeued:
-        raise Refused("the job changed meanwhile or its last run is still stopping; try again "
-                      "in a moment", status=409)  # fmt: skip
+        raise Refused(
+            "the job changed meanwhile or its last run is still stopping; try again in a moment",
+            status=409,
+        )
     logger.info("job %s queued again (task %s)", job.pk, task_id)
 
 

@@ -161,9 +161,11 @@ def send_daily_summary() -> int:
         )[:50]
     )
     recipients = list(
-        get_user_model().objects.filter(is_staff=True, is_active=True)
-        .exclude(email="").values_list("email", flat=True)
-    )  # fmt: skip
+        get_user_model()
+        .objects.filter(is_staff=True, is_active=True)
+        .exclude(email="")
+        .values_list("email", flat=True)
+    )
     if not recipients:
         return 0
     context = {"counts": counts, "failures": failures, "since": since}

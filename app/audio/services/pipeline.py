@@ -66,8 +66,12 @@ def process_job(job_id: str, task_id: str) -> None:
     except media.InvalidAudio as exc:
         fail_run(job_id, task_id, str(exc))
     except MemoryError:  # the worker's own address-space limit (AUDIO_WORKER_MEMORY_MB)
-        fail_run(job_id, task_id, "decoding the audio needed more than the worker's "
-                                  f"{settings.AUDIO_WORKER_MEMORY_MB} MB of memory")  # fmt: skip
+        fail_run(
+            job_id,
+            task_id,
+            "decoding the audio needed more than the worker's "
+            f"{settings.AUDIO_WORKER_MEMORY_MB} MB of memory",
+        )
     except OSError as exc:
         if exc.errno not in OUT_OF_SPACE:
             raise
@@ -86,9 +90,14 @@ def claim(job_id: str, task_id: str) -> Job | None:
         | Q(status=Job.Status.PROCESSING, heartbeat_at__lt=stale)
     )
     claimed = claimable.filter(attempts__lt=settings.AUDIO_MAX_ATTEMPTS).transition(
-        status=Job.Status.PROCESSING, phase="analysing", progress=0, error="",
-        started_at=now, heartbeat_at=now, attempts=F("attempts") + 1,
-    )  # fmt: skip
+        status=Job.Status.PROCESSING,
+        phase="analysing",
+        progress=0,
+        error="",
+        started_at=now,
+        heartbeat_at=now,
+        attempts=F("attempts") + 1,
+    )
     if claimed:
         job = Job.objects.get(pk=job_id)
         logger.info("job %s: run claimed by task %s (attempt %d)", job_id, task_id, job.attempts)
@@ -96,8 +105,12 @@ def claim(job_id: str, task_id: str) -> Job | None:
         _remove_other_runs(job, task_id)
         return job
     if claimable.exists():
-        fail_run(job_id, task_id, f"processing stopped {settings.AUDIO_MAX_ATTEMPTS} times "
-                                  "before finishing (the worker died); giving up")  # fmt: skip
+        fail_run(
+            job_id,
+            task_id,
+            f"processing stopped {settings.AUDIO_MAX_ATTEMPTS} times "
+            "before finishing (the worker died); giving up",
+        )
         return None
     heartbeat = ours.filter(status=Job.Status.PROCESSING).values_list("heartbeat_at", flat=True)
     if heartbeat:
@@ -105,9 +118,14 @@ def claim(job_id: str, task_id: str) -> Job | None:
         age = (now - cast(datetime, heartbeat[0])).total_seconds()
         raise Busy(max(1.0, settings.AUDIO_HEARTBEAT_TIMEOUT_S - age + 1))
     state = Job.objects.filter(pk=job_id).values("status", "task_id").first()
-    logger.info("job %s: task %s has nothing to do (%s)", job_id, task_id,
-                "job deleted" if state is None else
-                f"job {state['status']}, run owned by {state['task_id'] or 'no task'}")  # fmt: skip
+    logger.info(
+        "job %s: task %s has nothing to do (%s)",
+        job_id,
+        task_id,
+        "job deleted"
+        if state is None
+        else f"job {state['status']}, run owned by {state['task_id'] or 'no task'}",
+    )
     return None
 
 
@@ -134,8 +152,9 @@ class Run:
 
     def owned(self) -> JobQuerySet:
         """This job, while this task's run is processing it."""
-        return Job.objects.filter(pk=self.job.pk, task_id=self.task_id,
-                                  status=Job.Status.PROCESSING)  # fmt: skip
+        return Job.objects.filter(
+            pk=self.job.pk, task_id=self.task_id, status=Job.Status.PROCESSING
+        )
 
     def __enter__(self) -> Run:
         self.directory.mkdir(parents=True, exist_ok=True)
@@ -200,10 +219,15 @@ def _process(job: Job, run: Run) -> _Result:
         run.progress(f"encoding {name}", 40 + 55 / len(preset.formats) * index, force=True)
         fmt = encode.FORMATS[name]
         renditions[name] = encode.render(
-            job.source_path, analysis, fmt, run.directory / f"rendition.{fmt.extension}",
-            target_lufs=preset.target_lufs, ceiling_dbtp=preset.ceiling_dbtp, limits=lim,
+            job.source_path,
+            analysis,
+            fmt,
+            run.directory / f"rendition.{fmt.extension}",
+            target_lufs=preset.target_lufs,
+            ceiling_dbtp=preset.ceiling_dbtp,
+            limits=lim,
             stop=run.lost.is_set,  # a canceled run kills its encoder within half a second
-        )  # fmt: skip
+        )
     run.progress("finishing", 99, force=True)
     return _Result(analysis, renditions)
 
@@ -219,20 +243,29 @@ def _commit(job: Job, run: Run, result: _Result) -> None:
             media_store.publish(job.directory / path.name)
         job.renditions.exclude(format__in=result.renditions).delete()
         for name, rendition in result.renditions.items():
-            Rendition.objects.update_or_create(job=job, format=name, defaults={
-                "content_type": rendition.format.content_type,
-                "file_name": rendition.path.name,
-                "size": (job.directory / rendition.path.name).stat().st_size,
-                "loudness": rendition.loudness.as_dict(),
-                "gain_db": round(rendition.gain_db, 2),
-                "within_target": rendition.within_target,
-                "note": rendition.note,
-            })  # fmt: skip
+            Rendition.objects.update_or_create(
+                job=job,
+                format=name,
+                defaults={
+                    "content_type": rendition.format.content_type,
+                    "file_name": rendition.path.name,
+                    "size": (job.directory / rendition.path.name).stat().st_size,
+                    "loudness": rendition.loudness.as_dict(),
+                    "gain_db": round(rendition.gain_db, 2),
+                    "within_target": rendition.within_target,
+                    "note": rendition.note,
+                },
+            )
         run.owned().transition(
-            status=Job.Status.DONE, phase="", progress=100, finished_at=timezone.now(), task_id="",
+            status=Job.Status.DONE,
+            phase="",
+            progress=100,
+            finished_at=timezone.now(),
+            task_id="",
             source_metadata=result.analysis.source_metadata(),
-            loudness_before=result.analysis.loudness.as_dict(), has_waveform=True,
-        )  # fmt: skip
+            loudness_before=result.analysis.loudness.as_dict(),
+            has_waveform=True,
+        )
         events.job_changed(job.pk)
         notifications.notify_finished(job.pk)
     media_store.remove_local(job.directory)
@@ -244,9 +277,12 @@ def fail_run(job_id: uuid.UUID | str, task_id: str, reason: str) -> bool:
     """End the task's run as failed, with the reason for its owner (no-op if not its run)."""
     with transaction.atomic():
         failed = Job.objects.filter(pk=job_id, task_id=task_id, status__in=Job.ACTIVE).transition(
-            status=Job.Status.FAILED, phase="", error=reason[:1000], finished_at=timezone.now(),
+            status=Job.Status.FAILED,
+            phase="",
+            error=reason[:1000],
+            finished_at=timezone.now(),
             task_id="",
-        )  # fmt: skip
+        )
         if failed:
             events.job_changed(job_id)
             notifications.notify_finished(job_id)

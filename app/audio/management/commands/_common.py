@@ -44,8 +44,9 @@ def resolve_user(identifier: str) -> User:
     if user is None and "@" in identifier:
         matches = list(users.filter(email__iexact=identifier)[:2])
         if len(matches) > 1:
-            raise bad_input(f"more than one user has the email address {identifier!r}; "
-                            "give the username")  # fmt: skip
+            raise bad_input(
+                f"more than one user has the email address {identifier!r}; give the username"
+            )
         user = matches[0] if matches else None
     if user is None and identifier.isdigit():
         user = users.filter(pk=int(identifier)).first()

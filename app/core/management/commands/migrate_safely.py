@@ -73,26 +73,37 @@ class Command(BaseCommand):
                 self.stdout.write(f"Created the app role {role}")
             secret = sql.Literal(scram_sha256(password))  # never the password itself in a log
             for statement in (
-                sql.SQL("ALTER ROLE {} WITH LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE "
-                        "NOREPLICATION NOBYPASSRLS PASSWORD {}").format(name, secret),
+                sql.SQL(
+                    "ALTER ROLE {} WITH LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE "
+                    "NOREPLICATION NOBYPASSRLS PASSWORD {}"
+                ).format(name, secret),
                 sql.SQL("GRANT CONNECT ON DATABASE {} TO {}").format(
-                    sql.Identifier(connection.settings_dict["NAME"]), name),
+                    sql.Identifier(connection.settings_dict["NAME"]), name
+                ),
                 sql.SQL("GRANT USAGE ON SCHEMA public TO {}").format(name),
                 sql.SQL("REVOKE CREATE ON SCHEMA public FROM PUBLIC, {}").format(name),
-                sql.SQL("ALTER DEFAULT PRIVILEGES FOR ROLE {} IN SCHEMA public GRANT SELECT, "
-                        "INSERT, UPDATE, DELETE ON TABLES TO {}").format(owner, name),
-                sql.SQL("ALTER DEFAULT PRIVILEGES FOR ROLE {} IN SCHEMA public GRANT USAGE, "
-                        "SELECT ON SEQUENCES TO {}").format(owner, name),
-            ):  # fmt: skip
+                sql.SQL(
+                    "ALTER DEFAULT PRIVILEGES FOR ROLE {} IN SCHEMA public GRANT SELECT, "
+                    "INSERT, UPDATE, DELETE ON TABLES TO {}"
+                ).format(owner, name),
+                sql.SQL(
+                    "ALTER DEFAULT PRIVILEGES FOR ROLE {} IN SCHEMA public GRANT USAGE, "
+                    "SELECT ON SEQUENCES TO {}"
+                ).format(owner, name),
+            ):
                 cursor.execute(statement)
 
     def _grant_existing(self, connection: Any, role: str) -> None:
         name = sql.Identifier(role)
         with connection.cursor() as cursor:
-            cursor.execute(sql.SQL("GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA "
-                                   "public TO {}").format(name))  # fmt: skip
-            cursor.execute(sql.SQL("GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA public "
-                                   "TO {}").format(name))  # fmt: skip
+            cursor.execute(
+                sql.SQL(
+                    "GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO {}"
+                ).format(name)
+            )
+            cursor.execute(
+                sql.SQL("GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA public TO {}").format(name)
+            )
 
 
 def _pending(connection: Any) -> bool:
