@@ -99,8 +99,14 @@ def run_wrk(
     url: str, headers: dict[str, str], connections: int, seconds: int, timeout_s: int = 2
 ) -> Wrk:
     """wrk counts a request unanswered after `timeout_s` (its default 2 s) as an error."""
-    command = ["wrk", "-t2", f"-c{connections}", f"-d{seconds}s", f"--timeout={timeout_s}s",
-               "--latency"]  # fmt: skip
+    command = [
+        "wrk",
+        "-t2",
+        f"-c{connections}",
+        f"-d{seconds}s",
+        f"--timeout={timeout_s}s",
+        "--latency",
+    ]
     for name, value in headers.items():
         command += ["-H", f"{name}: {value}"]
     result = subprocess.run(

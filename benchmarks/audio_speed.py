@@ -287,11 +287,29 @@ def loudnorm_command(
         )
     output = ["-f", "null", "-"] if fmt is None else [*fmt.codec_args, "-y", str(dest)]
     return [
-        FFMPEG, "-nostdin", "-hide_banner", "-nostats", "-loglevel", "info",
-        "-protocol_whitelist", "file", "-f", source.demuxer, "-i", str(source.path),
-        "-map", "0:a:0", "-vn", "-sn", "-dn", "-map_metadata", "-1",
-        "-af", loudnorm, *output,
-    ]  # fmt: skip
+        FFMPEG,
+        "-nostdin",
+        "-hide_banner",
+        "-nostats",
+        "-loglevel",
+        "info",
+        "-protocol_whitelist",
+        "file",
+        "-f",
+        source.demuxer,
+        "-i",
+        str(source.path),
+        "-map",
+        "0:a:0",
+        "-vn",
+        "-sn",
+        "-dn",
+        "-map_metadata",
+        "-1",
+        "-af",
+        loudnorm,
+        *output,
+    ]
 
 
 def loudnorm_report(stderr: str) -> dict[str, str]:
@@ -321,8 +339,10 @@ def run_loudnorm(
         started = time.perf_counter()
         result = subprocess.run(
             loudnorm_command(source, preset, None, None),
-            capture_output=True, timeout=BASELINE_TIMEOUT_S, check=False,
-        )  # fmt: skip
+            capture_output=True,
+            timeout=BASELINE_TIMEOUT_S,
+            check=False,
+        )
         measured = loudnorm_report(result.stderr.decode(errors="replace"))
         run.analyse_s = time.perf_counter() - started
         if result.returncode or not measured:
@@ -836,10 +856,17 @@ def plot(summary: dict, path: Path, rounds: int) -> None:
     width = 0.8 / len(METHODS)
     for n, method in enumerate(METHODS):
         values = [summary[p][k][method]["x_realtime_wall"] or 0 for p, k in groups]
-        ax.bar([i + n * width for i in range(len(groups))], values, width, label=SHORT[method]
-               + " " + METHOD_LABELS[method].split(" ", 1)[1][:40])  # fmt: skip
-    ax.set_xticks([i + 0.4 - width / 2 for i in range(len(groups))],
-                  [f"{p}\n{k}" for p, k in groups], fontsize=8)  # fmt: skip
+        ax.bar(
+            [i + n * width for i in range(len(groups))],
+            values,
+            width,
+            label=SHORT[method] + " " + METHOD_LABELS[method].split(" ", 1)[1][:40],
+        )
+    ax.set_xticks(
+        [i + 0.4 - width / 2 for i in range(len(groups))],
+        [f"{p}\n{k}" for p, k in groups],
+        fontsize=8,
+    )
     ax.set_ylabel("x realtime (wall clock, median)")
     ax.set_title(f"audio: our pipeline vs the ffmpeg CLI, {rounds} alternating rounds")
     ax.legend(fontsize=8)

@@ -41,10 +41,20 @@ def free_port() -> int:
 def start_redis(mode: str, directory: Path) -> tuple[subprocess.Popen, int]:
     port = free_port()
     server = subprocess.Popen(
-        ["redis-server", str(BROKER_CONF), "--port", str(port), "--bind", "127.0.0.1",
-         "--dir", str(directory), "--appendfsync", mode],
+        [
+            "redis-server",
+            str(BROKER_CONF),
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--dir",
+            str(directory),
+            "--appendfsync",
+            mode,
+        ],
         stdout=subprocess.DEVNULL,
-    )  # fmt: skip
+    )
     client = redis.Redis(port=port)
     for _ in range(100):
         try:

@@ -39,8 +39,11 @@ class Connections:
         self.verify = (
             verify if verify is not None else (ssl.create_default_context() if self.tls else None)
         )
-        lines = [f"GET {parts.path or '/'}{'?' + parts.query if parts.query else ''} HTTP/1.1",
-                 f"Host: {parts.netloc}", *(f"{k}: {v}" for k, v in headers.items())]  # fmt: skip
+        lines = [
+            f"GET {parts.path or '/'}{'?' + parts.query if parts.query else ''} HTTP/1.1",
+            f"Host: {parts.netloc}",
+            *(f"{k}: {v}" for k, v in headers.items()),
+        ]
         self.request = ("\r\n".join(lines) + "\r\n\r\n").encode()
         self.idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
         self.opened = 0
@@ -57,8 +60,10 @@ class Connections:
         writer.write(self.request)
         head = await reader.readuntil(b"\r\n\r\n")
         status = int(head.split(b" ", 2)[1])
-        fields = {k.strip().lower(): v.strip() for k, _, v in
-                  (line.partition(b":") for line in head.split(b"\r\n")[1:] if line)}  # fmt: skip
+        fields = {
+            k.strip().lower(): v.strip()
+            for k, _, v in (line.partition(b":") for line in head.split(b"\r\n")[1:] if line)
+        }
         if b"content-length" in fields:
             await reader.readexactly(int(fields[b"content-length"]))
         else:  # chunked

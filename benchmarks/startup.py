@@ -52,8 +52,13 @@ def one_run(kind: str, env: dict[str, str]) -> dict:
     up_s, out = timed(["up"], env)
     services = healthy_at(out)
     print(f"  {kind:<5} up {up_s:5.1f} s (down before it {down_s:4.1f} s)", flush=True)
-    return {"kind": kind, "up_s": round(up_s, 2), "down_s": round(down_s, 2),
-            "healthy_at_s": services, "load_average": load_average()}  # fmt: skip
+    return {
+        "kind": kind,
+        "up_s": round(up_s, 2),
+        "down_s": round(down_s, 2),
+        "healthy_at_s": services,
+        "load_average": load_average(),
+    }
 
 
 def markdown(payload: dict) -> str:
@@ -71,9 +76,13 @@ def markdown(payload: dict) -> str:
         each = ", ".join(str(r["up_s"]) for r in payload["runs"] if r["kind"] == kind)
         lines.append(f"| {kind} | {m['up_s']} | < {TARGETS_S[kind]:g} | {m['down_s']} | {each} |")
     services = list(payload["runs"][0]["healthy_at_s"])
-    lines += ["", "When each service was found healthy, seconds after `up` began (median):", "",
-              "| service | " + " | ".join(payload["summary"]) + " |",
-              "|---|" + "---|" * len(payload["summary"])]  # fmt: skip
+    lines += [
+        "",
+        "When each service was found healthy, seconds after `up` began (median):",
+        "",
+        "| service | " + " | ".join(payload["summary"]) + " |",
+        "|---|" + "---|" * len(payload["summary"]),
+    ]
     for name in services:
         cells = [str(m["healthy_at_s"].get(name)) for m in payload["summary"].values()]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")

@@ -59,8 +59,16 @@ from open_load import open_load
 GUNICORN_CONF = REPO_DIR / "deployments" / "compose" / "django" / "gunicorn.conf.py"
 GUNICORN = ["-m", "gunicorn", "--config", str(GUNICORN_CONF), "--chdir", str(REPO_DIR / "app")]
 # Granian (a Rust HTTP server), as many workers as web (GRANIAN_WORKERS, GRANIAN_PORT below).
-GRANIAN = ["-m", "granian", "--working-dir", str(REPO_DIR / "app"), "--host", "127.0.0.1",
-           "--no-access-log", "--no-ws"]  # fmt: skip
+GRANIAN = [
+    "-m",
+    "granian",
+    "--working-dir",
+    str(REPO_DIR / "app"),
+    "--host",
+    "127.0.0.1",
+    "--no-access-log",
+    "--no-ws",
+]
 SERVERS = {  # key: (label, settings over the stack's, server command after python)
     "wsgi": ("Gunicorn sync workers (WSGI): the reference", {}, GUNICORN),
     "wsgi_gthread": ("Gunicorn gthread workers, 4 threads", {"WEB_THREADS": "4"}, GUNICORN),

@@ -76,9 +76,14 @@ class NativeStack:
         the worker sends it to the stack's SMTP sink)."""
         username = f"{name}-{uuid.uuid4().hex[:8]}"
         with self.client(local_address=self.new_address()) as client:
-            response = client.post("/api/auth/signup/", json={
-                "username": username, "email": f"{username}@example.com", "password": PASSWORD,
-            })  # fmt: skip
+            response = client.post(
+                "/api/auth/signup/",
+                json={
+                    "username": username,
+                    "email": f"{username}@example.com",
+                    "password": PASSWORD,
+                },
+            )
             assert response.status_code == 201, response.text
             if verify:
                 link = self.verification_link(f"{username}@example.com")
@@ -97,10 +102,13 @@ class NativeStack:
         client.get("/accounts/login/")
         response = client.post(
             "/accounts/login/",
-            data={"username": account.username, "password": PASSWORD,
-                  "csrfmiddlewaretoken": client.cookies["csrftoken"]},
+            data={
+                "username": account.username,
+                "password": PASSWORD,
+                "csrfmiddlewaretoken": client.cookies["csrftoken"],
+            },
             headers={"Referer": f"{self.base_url}/accounts/login/"},
-        )  # fmt: skip
+        )
         assert response.status_code == 302, response.text
         return client
 

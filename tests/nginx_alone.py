@@ -60,19 +60,31 @@ def nginx_running(tmp_path: Path, upstream: str, **overrides: str) -> Iterator[s
     port = free_port()
     env = {
         "PATH": "/usr/sbin:/usr/bin:/sbin:/bin",
-        "NGINX_CONF_DIR": str(tmp_path / "conf"), "NGINX_RUN_DIR": str(tmp_path / "run"),
-        "NGINX_HTTP_PORT": str(free_port()), "NGINX_HTTPS_PORT": str(port),
-        "NGINX_STATUS_LISTEN": f"127.0.0.1:{free_port()}", "SERVER_NAME": "localhost",
-        "WEB_UPSTREAM": upstream, "EVENTS_UPSTREAM": upstream, "FLOWER_UPSTREAM": upstream,
-        "STATIC_ROOT": str(tmp_path), "MEDIA_ROOT": str(tmp_path),
-        "ACME_ROOT": str(tmp_path / "acme"), "TLS_CERT": str(tmp_path / "tls" / "cert.pem"),
+        "NGINX_CONF_DIR": str(tmp_path / "conf"),
+        "NGINX_RUN_DIR": str(tmp_path / "run"),
+        "NGINX_HTTP_PORT": str(free_port()),
+        "NGINX_HTTPS_PORT": str(port),
+        "NGINX_STATUS_LISTEN": f"127.0.0.1:{free_port()}",
+        "SERVER_NAME": "localhost",
+        "WEB_UPSTREAM": upstream,
+        "EVENTS_UPSTREAM": upstream,
+        "FLOWER_UPSTREAM": upstream,
+        "STATIC_ROOT": str(tmp_path),
+        "MEDIA_ROOT": str(tmp_path),
+        "ACME_ROOT": str(tmp_path / "acme"),
+        "TLS_CERT": str(tmp_path / "tls" / "cert.pem"),
         "TLS_KEY": str(tmp_path / "tls" / "key.pem"),
         **overrides,
-    }  # fmt: skip
+    }
     # A session of its own: the start script's reload loop (NGINX_RELOAD_INTERVAL) goes too.
-    process = subprocess.Popen([START], env=env, stdout=subprocess.DEVNULL,
-                               stderr=subprocess.PIPE, text=True,
-                               start_new_session=True)  # fmt: skip
+    process = subprocess.Popen(
+        [START],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
     try:
         wait_listening(port, process)
         yield f"https://127.0.0.1:{port}"

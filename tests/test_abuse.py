@@ -14,8 +14,13 @@ from tests.conftest import PASSWORD, NativeStack
 
 pytestmark = pytest.mark.e2e
 
-CREDENTIALS_PATHS = ["/admin/login/", "/accounts/login/", "/accounts/signup/",
-                     "/accounts/password_reset/", "/api/auth/token/"]  # fmt: skip
+CREDENTIALS_PATHS = [
+    "/admin/login/",
+    "/accounts/login/",
+    "/accounts/signup/",
+    "/accounts/password_reset/",
+    "/api/auth/token/",
+]
 
 
 def forged(i: int) -> dict[str, str]:
@@ -46,9 +51,15 @@ def test_a_forged_x_forwarded_for_does_not_reset_the_signup_limit(
         codes = []
         for i in range(allowed + 1):
             name = f"flood-{uuid.uuid4().hex[:8]}"
-            response = client.post("/api/auth/signup/", headers=forged(i), json={
-                "username": name, "email": f"{name}@example.com", "password": PASSWORD,
-            })  # fmt: skip
+            response = client.post(
+                "/api/auth/signup/",
+                headers=forged(i),
+                json={
+                    "username": name,
+                    "email": f"{name}@example.com",
+                    "password": PASSWORD,
+                },
+            )
             codes.append(response.status_code)
     assert codes == [201] * allowed + [429], codes
 
@@ -72,8 +83,12 @@ def test_an_unverified_account_cannot_upload_until_the_emailed_link(
 
     def upload() -> httpx.Response:
         with native_stack.client() as client, source.open("rb") as f:
-            return client.post("/api/jobs/", headers=account.auth, data={"preset": "podcast"},
-                               files={"file": ("a.wav", f)})  # fmt: skip
+            return client.post(
+                "/api/jobs/",
+                headers=account.auth,
+                data={"preset": "podcast"},
+                files={"file": ("a.wav", f)},
+            )
 
     refused = upload()
     assert refused.status_code == 403 and "confirm your email" in refused.json()["detail"]
@@ -113,8 +128,9 @@ def test_redis_serves_only_its_own_user_with_no_admin_commands(
 
 def test_the_app_role_reads_and_writes_rows_and_nothing_more(native_stack: NativeStack) -> None:
     """What web, the worker and beat log in as (DATABASE_URL, through PgBouncer)."""
-    with psycopg.connect(native_stack.env["DATABASE_URL"], autocommit=True,
-                         prepare_threshold=None) as app:  # fmt: skip
+    with psycopg.connect(
+        native_stack.env["DATABASE_URL"], autocommit=True, prepare_threshold=None
+    ) as app:
         assert app.execute("SELECT count(*) FROM audio_job").fetchone()[0] >= 0
         (superuser,) = app.execute("SELECT rolsuper FROM pg_roles WHERE rolname = current_user")
         assert superuser == (False,)

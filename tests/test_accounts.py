@@ -36,8 +36,11 @@ def eager_tasks(settings, tmp_path):
 
 
 def signup(client: APIClient, name: str, **extra: str):
-    return client.post("/api/auth/signup/", {"username": name, "email": f"{name}@example.com",
-                                             "password": "correct-horse-9"}, **extra)  # fmt: skip
+    return client.post(
+        "/api/auth/signup/",
+        {"username": name, "email": f"{name}@example.com", "password": "correct-horse-9"},
+        **extra,
+    )
 
 
 def link_in(message) -> str:
@@ -86,8 +89,9 @@ def test_forged_expired_and_stale_links_verify_nothing(mailoutbox, settings) -> 
 def test_a_new_link_on_request_then_throttled(mailoutbox, monkeypatch) -> None:
     from accounts.throttles import VerificationResendThrottle
 
-    monkeypatch.setattr(VerificationResendThrottle, "THROTTLE_RATES",
-                        {"verification_resend": "2/hour"})  # fmt: skip
+    monkeypatch.setattr(
+        VerificationResendThrottle, "THROTTLE_RATES", {"verification_resend": "2/hour"}
+    )
     client = APIClient()
     client.force_authenticate(make_user("again", verified=False))
     codes = [client.post("/api/auth/verify/resend/").status_code for _ in range(3)]
@@ -100,8 +104,12 @@ def test_signup_is_throttled_per_address_on_both_paths(monkeypatch) -> None:
     monkeypatch.setattr(SignupGlobalThrottle, "THROTTLE_RATES", {"signup_global": "100/hour"})
     api, page = APIClient(), Client()
     codes = [signup(api, f"api{i}").status_code for i in range(2)]
-    form = {"username": "html0", "email": "h@example.com", "password1": "correct-horse-9",
-            "password2": "correct-horse-9"}  # fmt: skip
+    form = {
+        "username": "html0",
+        "email": "h@example.com",
+        "password1": "correct-horse-9",
+        "password2": "correct-horse-9",
+    }
     codes.append(page.post("/accounts/signup/", form).status_code)
     # The counter is shared: the fourth sign-up from this address is refused on either path.
     codes.append(page.post("/accounts/signup/", {**form, "username": "html1"}).status_code)

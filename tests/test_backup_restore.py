@@ -36,9 +36,13 @@ DRILL_WEB_PORT = 28199
 def run(env: dict[str, str], script: str, *args: str) -> tuple[subprocess.CompletedProcess, float]:
     started = time.monotonic()
     result = subprocess.run(
-        [str(SCRIPTS / script), *args], env=env, capture_output=True, text=True, timeout=600,
+        [str(SCRIPTS / script), *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
         check=False,
-    )  # fmt: skip
+    )
     return result, time.monotonic() - started
 
 
@@ -117,8 +121,10 @@ def test_backup_then_restore_into_a_fresh_database(
     backup_dir = Path(backup.stdout.strip().splitlines()[-1])
     assert backup_dir.parent == Path(env["BACKUP_DIR"]) and backup_dir.is_dir()
     assert sorted(p.name for p in backup_dir.iterdir()) == [
-        "database.dump", "manifest.json", "media.tar.gz",
-    ]  # fmt: skip
+        "database.dump",
+        "manifest.json",
+        "media.tar.gz",
+    ]
     assert not list(backup_dir.parent.glob(".partial-*"))
     assert {oct(p.stat().st_mode & 0o777) for p in backup_dir.iterdir()} == {"0o600"}
     manifest = json.loads((backup_dir / "manifest.json").read_text())
@@ -221,8 +227,11 @@ def serve_from_restored(native_stack: NativeStack, media_dir: Path, jobs: list[d
     log = (Path(env["STACK_DIR"]) / "log" / "restore-drill-web.log").open("wb")
     web = subprocess.Popen(
         [str(REPO_DIR / "deployments" / "compose" / "django" / "start")],
-        env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-    )  # fmt: skip
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     headers = {"X-Forwarded-Proto": "https", "Host": "localhost"}
     served = 0
     try:

@@ -24,8 +24,13 @@ def compose(env_file: str, *args: str, files: tuple[str, ...] = ()) -> subproces
     env = {"PATH": os.environ["PATH"], "HOME": os.environ.get("HOME", "/tmp"), "ENV_FILE": env_file}
     return subprocess.run(
         [str(COMPOSE_BIN), "--env-file", env_file, *file_args, *args],
-        cwd=REPO_DIR, env=env, capture_output=True, text=True, timeout=60, check=False,
-    )  # fmt: skip
+        cwd=REPO_DIR,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
 
 
 def resolved(env_file: str, files: tuple[str, ...] = (), profile: str = "") -> dict:
@@ -55,8 +60,9 @@ def test_dockerfiles_exist() -> None:
     ids=["prod", "dev", "prod+pebble (test only)", "prod+monitoring"],
 )
 def test_compose_config_is_valid(env_file: str, files: tuple[str, ...], profile: str) -> None:
-    result = compose(env_file, *(("--profile", profile) if profile else ()), "config", "-q",
-                     files=files)  # fmt: skip
+    result = compose(
+        env_file, *(("--profile", profile) if profile else ()), "config", "-q", files=files
+    )
     assert result.returncode == 0, result.stderr
 
 
@@ -112,8 +118,11 @@ def test_both_runners_stop_each_service_the_same_way() -> None:
         signal = service.get("stop_signal")
         if signal is None and "build" in service:
             dockerfile = Path(service["build"]["context"]) / service["build"]["dockerfile"]
-            lines = [line.split()[1] for line in dockerfile.read_text().splitlines()
-                     if line.startswith("STOPSIGNAL ")]  # fmt: skip
+            lines = [
+                line.split()[1]
+                for line in dockerfile.read_text().splitlines()
+                if line.startswith("STOPSIGNAL ")
+            ]
             signal = lines[-1] if lines else None
         grace = service["stop_grace_period"]
         assert grace.endswith("s") and grace[:-1].isdigit(), (name, grace)

@@ -44,8 +44,14 @@ DEV_STACK = {  # ports of its own: the test stack (var/test) is running beside i
 def run_stack(command: str) -> subprocess.CompletedProcess[str]:
     # A clean environment: nothing of the test stack's (which this process carries) leaks in.
     env = {"PATH": os.environ["PATH"], "HOME": os.environ.get("HOME", "/tmp"), **DEV_STACK}
-    return subprocess.run([sys.executable, str(STACK_SCRIPT), command], env=env,
-                          capture_output=True, text=True, timeout=600, check=False)  # fmt: skip
+    return subprocess.run(
+        [sys.executable, str(STACK_SCRIPT), command],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -53,8 +59,11 @@ def dev_stack() -> Iterator[dict[str, str]]:
     try:
         started = run_stack("up")
         assert started.returncode == 0, started.stdout + started.stderr
-        env = dict(line.removeprefix("export ").split("=", 1)
-                   for line in run_stack("env").stdout.splitlines() if "=" in line)  # fmt: skip
+        env = dict(
+            line.removeprefix("export ").split("=", 1)
+            for line in run_stack("env").stdout.splitlines()
+            if "=" in line
+        )
         yield {**DEV_STACK, **{key: value.strip("'") for key, value in env.items()}}
     finally:
         run_stack("down")
@@ -62,8 +71,9 @@ def dev_stack() -> Iterator[dict[str, str]]:
 
 def client(env: dict[str, str]) -> httpx.Client:
     tls = ssl.create_default_context(cafile=str(Path(env["TLS_CERT"]).parent / "ca.pem"))
-    return httpx.Client(base_url=f"https://localhost:{env['NGINX_HTTPS_PORT']}", verify=tls,
-                        timeout=10)  # fmt: skip
+    return httpx.Client(
+        base_url=f"https://localhost:{env['NGINX_HTTPS_PORT']}", verify=tls, timeout=10
+    )
 
 
 def edited(path: Path, old: str, new: str) -> Callable[[], None]:
@@ -92,13 +102,18 @@ def test_settings_are_development_ones(dev_stack) -> None:
 
 def test_a_changed_view_answers_within_seconds(dev_stack) -> None:
     probe = uuid.uuid4().hex
-    restore = edited(REPO_DIR / "app" / "health" / "views.py",
-                     'return JsonResponse({"status": "ok"})',
-                     f'return JsonResponse({{"status": "ok", "probe": "{probe}"}})')  # fmt: skip
+    restore = edited(
+        REPO_DIR / "app" / "health" / "views.py",
+        'return JsonResponse({"status": "ok"})',
+        f'return JsonResponse({{"status": "ok", "probe": "{probe}"}})',
+    )
     try:
         with client(dev_stack) as http:
-            eventually(lambda: http.get("/healthz").json().get("probe") == probe, 30,
-                       "uvicorn --reload serving the changed view")  # fmt: skip
+            eventually(
+                lambda: http.get("/healthz").json().get("probe") == probe,
+                30,
+                "uvicorn --reload serving the changed view",
+            )
     finally:
         restore()
 
@@ -109,11 +124,17 @@ def test_a_changed_task_reaches_the_worker(dev_stack, monkeypatch) -> None:
     monkeypatch.delenv("CELERY_BROKER_URL")
     monkeypatch.delenv("CELERY_RESULT_BACKEND")
     # Not the current app: shared tasks sent later in this process must keep the test stack's.
-    app = Celery(broker=dev_stack["CELERY_BROKER_URL"], backend=dev_stack["CELERY_RESULT_BACKEND"],
-                 set_as_current=False)  # fmt: skip
+    app = Celery(
+        broker=dev_stack["CELERY_BROKER_URL"],
+        backend=dev_stack["CELERY_RESULT_BACKEND"],
+        set_as_current=False,
+    )
     probe = uuid.uuid4().hex[:8]
-    restore = edited(REPO_DIR / "app" / "health" / "tasks.py", "    return value\n",
-                     f'    return value + "{probe}"\n')  # fmt: skip
+    restore = edited(
+        REPO_DIR / "app" / "health" / "tasks.py",
+        "    return value\n",
+        f'    return value + "{probe}"\n',
+    )
 
     def answers_new_code() -> bool:
         result = app.send_task("health.ping", args=["x"], ignore_result=False)

@@ -114,11 +114,24 @@ def test_nginx_speaks_http2_and_http1_over_tls(native_stack: NativeStack, flag, 
     """curl offers h2 by ALPN with --http2: nginx must pick it (`http2 on`), and still serve a
     client that speaks only HTTP/1.1."""
     result = subprocess.run(
-        ["curl", "--silent", "--show-error", flag, "--cacert", native_stack.ca_file,
-         "--output", "/dev/null", "--write-out", "%{http_version} %{http_code}",
-         f"{native_stack.base_url}/healthz"],
-        capture_output=True, text=True, timeout=30, check=True,
-    )  # fmt: skip
+        [
+            "curl",
+            "--silent",
+            "--show-error",
+            flag,
+            "--cacert",
+            native_stack.ca_file,
+            "--output",
+            "/dev/null",
+            "--write-out",
+            "%{http_version} %{http_code}",
+            f"{native_stack.base_url}/healthz",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+    )
     assert result.stdout == f"{version} 200"
 
 
@@ -198,8 +211,10 @@ def test_flower_needs_credentials(native_stack: NativeStack) -> None:
 def test_flower_password_guessing_is_rate_limited(native_stack: NativeStack) -> None:
     burst = int(native_stack.env.get("NGINX_FLOWER_BURST", "40"))
     with native_stack.client(local_address=native_stack.new_address()) as client:
-        codes = [client.get("/flower/", auth=("admin", f"guess-{i}")).status_code
-                 for i in range(burst + 5)]  # fmt: skip
+        codes = [
+            client.get("/flower/", auth=("admin", f"guess-{i}")).status_code
+            for i in range(burst + 5)
+        ]
     assert codes[0] == 401 and codes[-1] == 429, codes
 
 

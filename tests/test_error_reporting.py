@@ -87,8 +87,12 @@ def serve(env: dict[str, str]) -> tuple[subprocess.Popen, str]:
 
 
 def raise_in_view(native_stack: NativeStack, base: str) -> httpx.Response:
-    headers = {"X-Forwarded-Proto": "https", "Host": "localhost", "Cookie": "sessionid=secret",
-               **native_stack.diagnostics_headers()}  # fmt: skip
+    headers = {
+        "X-Forwarded-Proto": "https",
+        "Host": "localhost",
+        "Cookie": "sessionid=secret",
+        **native_stack.diagnostics_headers(),
+    }
     return httpx.get(base + "/diagnostics/error", headers=headers, timeout=30)
 
 
@@ -100,8 +104,12 @@ def test_a_view_error_and_a_task_error_reach_sentry(
     queue = f"errors-{uuid.uuid4().hex[:8]}"  # this worker's alone: the stack's never takes it
     # Metrics off: the stack's own worker holds its port.
     worker_env = {**env, "CELERY_QUEUES": queue, "WORKER_METRICS_PORT": "0"}
-    worker = subprocess.Popen([str(WORKER_START.resolve())], env=worker_env,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    worker = subprocess.Popen(
+        [str(WORKER_START.resolve())],
+        env=worker_env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         response = raise_in_view(native_stack, base)
         assert response.status_code == 500

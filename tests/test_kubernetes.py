@@ -38,8 +38,13 @@ def run(*command: str) -> subprocess.CompletedProcess[str]:
 def rendered(overlay: str = "prod") -> Path:
     if shutil.which("kubectl") is None:
         pytest.fail("kubectl (its built-in kustomize renders the manifests) is not installed")
-    done = run("kubectl", "kustomize", "--load-restrictor", "LoadRestrictionsNone",
-               str(K8S / "overlays" / overlay))  # fmt: skip
+    done = run(
+        "kubectl",
+        "kustomize",
+        "--load-restrictor",
+        "LoadRestrictionsNone",
+        str(K8S / "overlays" / overlay),
+    )
     assert done.returncode == 0, done.stderr
     path = REPO_DIR / "var" / "kubernetes" / f"{overlay}.yaml"
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -57,8 +62,14 @@ def workloads() -> dict[str, dict]:
 
 
 def test_manifests_match_the_kubernetes_api_schemas() -> None:
-    done = run(*CHECKS, "kubernetes-validate", "--kubernetes-version", KUBERNETES_VERSION,
-               "--strict", str(rendered()))  # fmt: skip
+    done = run(
+        *CHECKS,
+        "kubernetes-validate",
+        "--kubernetes-version",
+        KUBERNETES_VERSION,
+        "--strict",
+        str(rendered()),
+    )
     assert done.returncode == 0, done.stdout + done.stderr
     # Only cert-manager's ClusterIssuer (a CRD) has no schema to validate against.
     warnings = [line for line in done.stdout.splitlines() if line.startswith("WARN")]
@@ -67,8 +78,17 @@ def test_manifests_match_the_kubernetes_api_schemas() -> None:
 
 
 def test_checkov_finds_no_failure_and_only_justified_skips() -> None:
-    done = run(*CHECKS, "checkov", "--framework", "kubernetes", "--file", str(rendered()),
-               "--quiet", "--output", "json")  # fmt: skip
+    done = run(
+        *CHECKS,
+        "checkov",
+        "--framework",
+        "kubernetes",
+        "--file",
+        str(rendered()),
+        "--quiet",
+        "--output",
+        "json",
+    )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     report = json.loads(done.stdout)
     assert report["summary"]["failed"] == 0, report["results"]["failed_checks"]
@@ -149,5 +169,6 @@ def test_the_shape_the_stack_needs() -> None:
     assert policies["default-deny-ingress"]["spec"]["podSelector"] == {}
     db_from = policies["db-from-pgbouncer-and-release"]["spec"]["ingress"][0]["from"]
     assert [f["podSelector"]["matchLabels"] for f in db_from] == [
-        {"app.kubernetes.io/name": "pgbouncer"}, {"core/db-owner": "true"}
-    ]  # fmt: skip
+        {"app.kubernetes.io/name": "pgbouncer"},
+        {"core/db-owner": "true"},
+    ]

@@ -42,40 +42,65 @@ def pebble(tmp_path: Path, native_stack: NativeStack) -> Iterator[Pebble]:
         assert shutil.which(binary), f"{binary} is missing: `make test` installs it (Debian)"
     # Pebble serves its ACME API over HTTPS: a certificate for it from a CA made here.
     make_certs = REPO_DIR / "deployments" / "compose" / "nginx" / "make-local-certs"
-    subprocess.run([make_certs, tmp_path / "pebble.pem", tmp_path / "pebble.key"], check=True,
-                   capture_output=True)  # fmt: skip
-    config = {"pebble": {
-        "listenAddress": f"127.0.0.1:{PEBBLE_PORT}",
-        "managementListenAddress": f"127.0.0.1:{PEBBLE_MANAGEMENT_PORT}",
-        "certificate": str(tmp_path / "pebble.pem"), "privateKey": str(tmp_path / "pebble.key"),
-        # HTTP-01: Pebble fetches the token from nginx's HTTP port, as Let's Encrypt does.
-        "httpPort": int(native_stack.env["NGINX_HTTP_PORT"]), "tlsPort": 5001,
-        "ocspResponderURL": "", "externalAccountBindingRequired": False,
-        # 10 days: under certbot's renew_before_expiry (30 days), so every certificate issued
-        # here is due for renewal at once (the renewal loop's test).
-        "certificateValidityPeriod": 10 * 24 * 3600,
-    }}  # fmt: skip
+    subprocess.run(
+        [make_certs, tmp_path / "pebble.pem", tmp_path / "pebble.key"],
+        check=True,
+        capture_output=True,
+    )
+    config = {
+        "pebble": {
+            "listenAddress": f"127.0.0.1:{PEBBLE_PORT}",
+            "managementListenAddress": f"127.0.0.1:{PEBBLE_MANAGEMENT_PORT}",
+            "certificate": str(tmp_path / "pebble.pem"),
+            "privateKey": str(tmp_path / "pebble.key"),
+            # HTTP-01: Pebble fetches the token from nginx's HTTP port, as Let's Encrypt does.
+            "httpPort": int(native_stack.env["NGINX_HTTP_PORT"]),
+            "tlsPort": 5001,
+            "ocspResponderURL": "",
+            "externalAccountBindingRequired": False,
+            # 10 days: under certbot's renew_before_expiry (30 days), so every certificate issued
+            # here is due for renewal at once (the renewal loop's test).
+            "certificateValidityPeriod": 10 * 24 * 3600,
+        }
+    }
     (tmp_path / "pebble.json").write_text(json.dumps(config))
     dns = subprocess.Popen(
-        ["pebble-challtestsrv", "-defaultIPv4", "127.0.0.1", "-defaultIPv6", "",
-         "-dns01", f"127.0.0.1:{DNS_PORT}", "-http01", "", "-https01", "", "-tlsalpn01", "",
-         "-management", "127.0.0.1:8055"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
+        [
+            "pebble-challtestsrv",
+            "-defaultIPv4",
+            "127.0.0.1",
+            "-defaultIPv6",
+            "",
+            "-dns01",
+            f"127.0.0.1:{DNS_PORT}",
+            "-http01",
+            "",
+            "-https01",
+            "",
+            "-tlsalpn01",
+            "",
+            "-management",
+            "127.0.0.1:8055",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     server = subprocess.Popen(
-        ["pebble", "-config", str(tmp_path / "pebble.json"), "-dnsserver",
-         f"127.0.0.1:{DNS_PORT}"],
+        ["pebble", "-config", str(tmp_path / "pebble.json"), "-dnsserver", f"127.0.0.1:{DNS_PORT}"],
         # No random delay before validating; no deliberately rejected nonces (5% by default:
         # certbot 2.1 retries most but not the certificate download, and then fails).
         env={"PATH": "/usr/bin:/bin", "PEBBLE_VA_NOSLEEP": "1", "PEBBLE_WFE_NONCEREJECT": "0"},
-        stdout=(tmp_path / "pebble.log").open("wb"), stderr=subprocess.STDOUT,
-    )  # fmt: skip
+        stdout=(tmp_path / "pebble.log").open("wb"),
+        stderr=subprocess.STDOUT,
+    )
     try:
         wait_listening(PEBBLE_PORT, server)
         wait_listening(PEBBLE_MANAGEMENT_PORT, server)
         tls_ca = tmp_path / "ca.pem"  # make-local-certs leaves its CA beside the certificate
-        root = httpx.get(f"https://127.0.0.1:{PEBBLE_MANAGEMENT_PORT}/roots/0",
-                         verify=ssl.create_default_context(cafile=str(tls_ca)))  # fmt: skip
+        root = httpx.get(
+            f"https://127.0.0.1:{PEBBLE_MANAGEMENT_PORT}/roots/0",
+            verify=ssl.create_default_context(cafile=str(tls_ca)),
+        )
         (tmp_path / "pebble-root.pem").write_bytes(root.content)
         yield Pebble(f"https://127.0.0.1:{PEBBLE_PORT}/dir", tls_ca, tmp_path / "pebble-root.pem")
     finally:
@@ -92,21 +117,28 @@ def install(stack: NativeStack, live: Path) -> None:
 
 
 def certbot_env(stack: NativeStack, pebble: Pebble, tmp_path: Path) -> dict[str, str]:
-    return {**stack.env, "SERVER_NAME": NAME, "LETSENCRYPT_EMAIL": "ops@example.test",
-            "ACME_SERVER": pebble.directory, "CERTBOT_DIR": str(tmp_path / "letsencrypt"),
-            "REQUESTS_CA_BUNDLE": str(pebble.tls_ca)}  # fmt: skip
+    return {
+        **stack.env,
+        "SERVER_NAME": NAME,
+        "LETSENCRYPT_EMAIL": "ops@example.test",
+        "ACME_SERVER": pebble.directory,
+        "CERTBOT_DIR": str(tmp_path / "letsencrypt"),
+        "REQUESTS_CA_BUNDLE": str(pebble.tls_ca),
+    }
 
 
 def obtain(env: dict[str, str]) -> Path:
     """`certify obtain` (HTTP-01 through the test stack's nginx); certbot's live directory."""
-    obtained = subprocess.run([CERTIFY, "obtain"], env=env, capture_output=True, text=True,
-                              timeout=120)  # fmt: skip
+    obtained = subprocess.run(
+        [CERTIFY, "obtain"], env=env, capture_output=True, text=True, timeout=120
+    )
     assert obtained.returncode == 0, obtained.stdout + obtained.stderr
     return Path(env["CERTBOT_DIR"]) / "live" / NAME
 
 
-def test_issuance_and_renewal_through_nginx(native_stack: NativeStack, pebble: Pebble,
-                                           tmp_path: Path) -> None:  # fmt: skip
+def test_issuance_and_renewal_through_nginx(
+    native_stack: NativeStack, pebble: Pebble, tmp_path: Path
+) -> None:
     cert, key = Path(native_stack.env["TLS_CERT"]), Path(native_stack.env["TLS_KEY"])
     saved = cert.read_bytes(), key.read_bytes()
     env = certbot_env(native_stack, pebble, tmp_path)
@@ -126,8 +158,11 @@ def test_issuance_and_renewal_through_nginx(native_stack: NativeStack, pebble: P
             # Let's Encrypt; the renewal loop keeps that, this test does not wait.)
             renewed = subprocess.run(
                 [CERTIFY, "renew", "--force-renewal", "--no-random-sleep-on-renew"],
-                env=env, capture_output=True, text=True, timeout=120,
-            )  # fmt: skip
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=120,
+            )
             assert renewed.returncode == 0, renewed.stdout + renewed.stderr
             install(native_stack, live)
             second = wait_for_new_certificate(https, pebble.root, previous=first.serial_number)
@@ -156,16 +191,23 @@ def test_the_renewal_loop_and_nginx_reloads_serve_a_due_certificate_unattended(
     config = tmp_path / "xdg" / "letsencrypt"
     config.mkdir(parents=True)
     (config / "cli.ini").write_text("no-random-sleep-on-renew = true\n")
-    with nginx_running(tmp_path / "nginx", "127.0.0.1:9", SERVER_NAME=NAME,
-                       TLS_CERT=str(live / "fullchain.pem"), TLS_KEY=str(live / "privkey.pem"),
-                       NGINX_RELOAD_INTERVAL="2") as base:  # fmt: skip
+    with nginx_running(
+        tmp_path / "nginx",
+        "127.0.0.1:9",
+        SERVER_NAME=NAME,
+        TLS_CERT=str(live / "fullchain.pem"),
+        TLS_KEY=str(live / "privkey.pem"),
+        NGINX_RELOAD_INTERVAL="2",
+    ) as base:
         port = int(base.rsplit(":", 1)[1])
         first = wait_for_new_certificate(port, pebble.root, previous=None)
         loop = subprocess.Popen(
             [RENEW_LOOP],
             env={**env, "CERTBOT_RENEW_INTERVAL": "3", "XDG_CONFIG_HOME": str(config.parent)},
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-        )  # fmt: skip
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
         try:
             second = wait_for_new_certificate(
                 port, pebble.root, previous=first.serial_number, timeout=90

@@ -23,9 +23,14 @@ def make_env(**overrides: str) -> dict[str, str]:
 
 def make(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        ["make", "-s", *args], cwd=REPO_DIR, env=make_env(**env), capture_output=True, text=True,
-        timeout=300, check=False,
-    )  # fmt: skip
+        ["make", "-s", *args],
+        cwd=REPO_DIR,
+        env=make_env(**env),
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
 
 
 def pids(native_stack: NativeStack, *services: str) -> dict[str, int]:
@@ -55,9 +60,14 @@ def test_make_ps_reports_every_service_healthy(native_stack: NativeStack) -> Non
 def test_make_logs_follows_a_services_log(native_stack: NativeStack) -> None:
     marker = f"/no-such-page-{uuid.uuid4().hex}"
     follower = subprocess.Popen(
-        ["make", "-s", "logs", "S=nginx"], cwd=REPO_DIR, env=make_env(), text=True,
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
-    )  # fmt: skip
+        ["make", "-s", "logs", "S=nginx"],
+        cwd=REPO_DIR,
+        env=make_env(),
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     try:
         time.sleep(1)  # tail has printed the last lines and follows
         with native_stack.client() as client:

@@ -15,9 +15,11 @@ BASELINE = {"0001_email_address", "0001_initial", "0002_periodic_tasks", "0003_r
 
 def test_new_migrations_are_backward_compatible(capsys) -> None:
     linter = MigrationLinter(
-        include_apps=["accounts", "audio"], ignore_name=BASELINE, no_cache=True,
+        include_apps=["accounts", "audio"],
+        ignore_name=BASELINE,
+        no_cache=True,
         all_warnings_as_errors=False,
-    )  # fmt: skip
+    )
     linter.lint_all_migrations()
     report = capsys.readouterr().out
     assert not linter.has_errors, report

@@ -26,8 +26,11 @@ def test_alert_rules_fire_on_their_conditions_and_not_before() -> None:
     """promtool's unit tests (alerts.test.yml): every rule, its `for:` and its labels."""
     result = subprocess.run(
         ["promtool", "test", "rules", "alerts.test.yml"],
-        cwd=MONITORING, capture_output=True, text=True, check=False,
-    )  # fmt: skip
+        cwd=MONITORING,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     rules = re.findall(r"^\s+- alert: (\w+)", (MONITORING / "alerts.yml").read_text(), re.M)
     tested = set(re.findall(r"alertname: (\w+)", (MONITORING / "alerts.test.yml").read_text()))
@@ -67,8 +70,10 @@ class Prometheus:
         deadline = time.monotonic() + SCRAPE_WAIT_S
         while True:
             active = httpx.get(f"{self.url}/api/v1/targets", timeout=10).json()["data"]
-            health = {(t["labels"]["job"], t["labels"].get("redis", "")): t["health"]
-                      for t in active["activeTargets"]}  # fmt: skip
+            health = {
+                (t["labels"]["job"], t["labels"].get("redis", "")): t["health"]
+                for t in active["activeTargets"]
+            }
             if (health and all(h == "up" for h in health.values())) or time.monotonic() > deadline:
                 return health
             time.sleep(1)
@@ -82,8 +87,18 @@ class Prometheus:
             time.sleep(1)
 
 
-TARGETS = {"prometheus", "web", "events", "celery_worker", "flower", "postgres", "pgbouncer",
-           "redis", "nginx", "node"}  # fmt: skip
+TARGETS = {
+    "prometheus",
+    "web",
+    "events",
+    "celery_worker",
+    "flower",
+    "postgres",
+    "pgbouncer",
+    "redis",
+    "nginx",
+    "node",
+}
 
 
 def assert_every_target_reaches_its_server(
@@ -92,15 +107,22 @@ def assert_every_target_reaches_its_server(
     assert {job for job, _ in health} == TARGETS
     assert all(h == "up" for h in health.values()), {k: h for k, h in health.items() if h != "up"}
     # An exporter that answers but cannot log in to its server would still be `up`.
-    for expr in ("pg_up", "pgbouncer_up", "nginx_up", 'redis_up{redis="broker"}',
-                 'redis_up{redis="cache"}', "sum(flower_worker_online)"):  # fmt: skip
+    for expr in (
+        "pg_up",
+        "pgbouncer_up",
+        "nginx_up",
+        'redis_up{redis="broker"}',
+        'redis_up{redis="cache"}',
+        "sum(flower_worker_online)",
+    ):
         assert prometheus.wait_for(expr, lambda v: v >= 1) == 1, expr
 
 
 def dashboard_metrics_missing(prometheus: Prometheus) -> dict[str, set[str]]:
     """Panels whose query names a metric Prometheus does not have (each query must evaluate)."""
-    known = set(httpx.get(f"{prometheus.url}/api/v1/label/__name__/values", timeout=10)
-                .json()["data"])  # fmt: skip
+    known = set(
+        httpx.get(f"{prometheus.url}/api/v1/label/__name__/values", timeout=10).json()["data"]
+    )
     keywords = {"by", "without", "on", "ignoring", "and", "or", "unless", "bool"}
     missing: dict[str, set[str]] = {}
     for panel in json.loads(DASHBOARD.read_text())["panels"]:

@@ -25,8 +25,14 @@ def test_generated_secrets_are_private_from_the_first_byte(tmp_path, monkeypatch
 def test_the_configuration_hash_follows_the_stacks_variables_only(tmp_path) -> None:
     """`make up` restarts the stack when its configuration changed: a variable its env files
     name (set in the shell or a file), or the supervisord config; not a terminal's variables."""
-    env = {"STACK_DIR": str(tmp_path), "STACK_MODE": "production", "MONITORING": "0",
-           "NGINX_HTTPS_PORT": "8443", "TERM": "xterm", "SHLVL": "1"}  # fmt: skip
+    env = {
+        "STACK_DIR": str(tmp_path),
+        "STACK_MODE": "production",
+        "MONITORING": "0",
+        "NGINX_HTTPS_PORT": "8443",
+        "TERM": "xterm",
+        "SHLVL": "1",
+    }
     same = stack._env_hash(env, "conf")
     assert stack._env_hash({**env, "TERM": "dumb", "SHLVL": "4", "OLDPWD": "/"}, "conf") == same
     for changed in ({"NGINX_HTTPS_PORT": "9443"}, {"STACK_MODE": "dev"}, {"MONITORING": "1"}):

@@ -22,10 +22,11 @@ def test_production_login_rate_on_every_credentials_path(tmp_path) -> None:
     rates = {key: PRODUCTION[key] for key in ("NGINX_LOGIN_RATE", "NGINX_LOGIN_BURST")}
     with (
         upstream_running() as upstream,
-        nginx_running(tmp_path, upstream.address, NGINX_TRUSTED_PROXIES="127.0.0.0/8",
-                      **rates) as base,
+        nginx_running(
+            tmp_path, upstream.address, NGINX_TRUSTED_PROXIES="127.0.0.0/8", **rates
+        ) as base,
         httpx.Client(base_url=base, verify=False, timeout=10) as client,
-    ):  # fmt: skip
+    ):
         for index, path in enumerate(CREDENTIALS_PATHS):
             address = {"X-Forwarded-For": f"198.51.100.{index + 1}"}
             statuses = [client.get(path, headers=address).status_code for _ in range(burst + 3)]
@@ -33,8 +34,10 @@ def test_production_login_rate_on_every_credentials_path(tmp_path) -> None:
             refused = client.get(path, headers=address)
             assert refused.headers.get("strict-transport-security") == HSTS, path
         # An ordinary page is not limited by it.
-        ordinary = [client.get("/jobs/", headers={"X-Forwarded-For": "198.51.100.1"}).status_code
-                    for _ in range(burst + 3)]  # fmt: skip
+        ordinary = [
+            client.get("/jobs/", headers={"X-Forwarded-For": "198.51.100.1"}).status_code
+            for _ in range(burst + 3)
+        ]
         assert ordinary == [200] * (burst + 3)
 
 

@@ -18,9 +18,14 @@ def behind_proxies(tmp_path: Path, trusted: str) -> Iterator[tuple[Upstream, str
     """nginx trusting `trusted` networks, its login limit at burst 2; (upstream, nginx's URL)."""
     with (
         upstream_running() as upstream,
-        nginx_running(tmp_path, upstream.address, NGINX_TRUSTED_PROXIES=trusted,
-                      NGINX_LOGIN_RATE="10r/m", NGINX_LOGIN_BURST="2") as base,
-    ):  # fmt: skip
+        nginx_running(
+            tmp_path,
+            upstream.address,
+            NGINX_TRUSTED_PROXIES=trusted,
+            NGINX_LOGIN_RATE="10r/m",
+            NGINX_LOGIN_BURST="2",
+        ) as base,
+    ):
         yield upstream, base
 
 

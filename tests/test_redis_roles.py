@@ -23,11 +23,16 @@ PASSWORD = "a-test-password"
 @contextmanager
 def redis_role(role: str, data_dir: Path) -> Iterator[tuple[redis.Redis, subprocess.Popen]]:
     port = free_port()
-    env = {"PATH": os.environ["PATH"], f"REDIS_{role.upper()}_PORT": str(port),
-           f"REDIS_{role.upper()}_PASSWORD": PASSWORD, "REDIS_BIND": "127.0.0.1",
-           "REDIS_DATA_DIR": str(data_dir)}  # fmt: skip
-    process = subprocess.Popen([START, role], env=env, stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL)  # fmt: skip
+    env = {
+        "PATH": os.environ["PATH"],
+        f"REDIS_{role.upper()}_PORT": str(port),
+        f"REDIS_{role.upper()}_PASSWORD": PASSWORD,
+        "REDIS_BIND": "127.0.0.1",
+        "REDIS_DATA_DIR": str(data_dir),
+    }
+    process = subprocess.Popen(
+        [START, role], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     client = redis.Redis(port=port, username=role, password=PASSWORD, socket_timeout=10)
     try:
         deadline = time.monotonic() + 20

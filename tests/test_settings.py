@@ -91,11 +91,19 @@ def test_secrets_can_come_from_files(tmp_path) -> None:
     database_url.write_text(PRODUCTION["DATABASE_URL"] + "\n")
     env = {k: v for k, v in PRODUCTION.items() if k not in {"SECRET_KEY", "DATABASE_URL"}}
     env |= {"SECRET_KEY_FILE": str(secret_key), "DATABASE_URL_FILE": str(database_url)}
-    code = "import django; django.setup(); from django.conf import settings as s; " \
-           "print(s.SECRET_KEY, s.DATABASES['default']['NAME'])"  # fmt: skip
-    result = subprocess.run([sys.executable, "-c", code], cwd=REPO_DIR / "app",
-                            env={**env, "DJANGO_SETTINGS_MODULE": "core.settings"},
-                            capture_output=True, text=True, timeout=60, check=False)  # fmt: skip
+    code = (
+        "import django; django.setup(); from django.conf import settings as s; "
+        "print(s.SECRET_KEY, s.DATABASES['default']['NAME'])"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=REPO_DIR / "app",
+        env={**env, "DJANGO_SETTINGS_MODULE": "core.settings"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == [key, PRODUCTION["DATABASE_URL"].rsplit("/", 1)[1]]
     broken = django_setup({**env, "SECRET_KEY_FILE": str(tmp_path / "missing")})
@@ -113,9 +121,16 @@ def test_the_shell_scripts_read_the_same_secret_files(tmp_path) -> None:
     (tmp_path / "password").write_text("s3cret\n")
     shell = subprocess.run(
         ["bash", "-c", f'. {file_env}; printf "%s|%s" "$REDIS_BROKER_PASSWORD" "$APP_DB_PASSWORD"'],
-        env={"PATH": os.environ["PATH"], "REDIS_BROKER_PASSWORD_FILE": str(tmp_path / "password"),
-             "APP_DB_PASSWORD": "kept", "APP_DB_PASSWORD_FILE": str(tmp_path / "password"),
-             "TF_CLI_CONFIG_FILE": "/nonexistent"},
-        capture_output=True, text=True, timeout=30, check=False,
-    )  # fmt: skip
+        env={
+            "PATH": os.environ["PATH"],
+            "REDIS_BROKER_PASSWORD_FILE": str(tmp_path / "password"),
+            "APP_DB_PASSWORD": "kept",
+            "APP_DB_PASSWORD_FILE": str(tmp_path / "password"),
+            "TF_CLI_CONFIG_FILE": "/nonexistent",
+        },
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
     assert (shell.returncode, shell.stdout) == (0, "s3cret|kept"), shell.stderr

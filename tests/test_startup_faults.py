@@ -22,8 +22,12 @@ def dependencies(stack_env: dict[str, str]) -> dict[str, str]:
 def run_entrypoint(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [str(ENTRYPOINT), "echo", "started"],
-        env=env, capture_output=True, text=True, timeout=60, check=False,
-    )  # fmt: skip
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
 
 
 def closed_port() -> int:
@@ -44,8 +48,12 @@ def test_entrypoint_gives_up_naming_the_dependency(
     native_stack: NativeStack, variable: str, url: str, name: str
 ) -> None:
     port = closed_port()
-    env = {**STACK_ENV, **dependencies(native_stack.env), variable: url.format(port=port),
-           "WAIT_TIMEOUT": "3"}  # fmt: skip
+    env = {
+        **STACK_ENV,
+        **dependencies(native_stack.env),
+        variable: url.format(port=port),
+        "WAIT_TIMEOUT": "3",
+    }
     started = time.monotonic()
     result = run_entrypoint(env)
     elapsed = time.monotonic() - started

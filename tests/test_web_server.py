@@ -43,10 +43,19 @@ def hops(handler: object, path: str, headers: list[tuple[bytes, bytes]]) -> tupl
         return await original(self, *args, **kwargs)
 
     async def request() -> int:
-        scope = {"type": "http", "http_version": "1.1", "method": "GET", "path": path,
-                 "raw_path": path.encode(), "query_string": b"", "root_path": "",
-                 "scheme": "https", "headers": [(b"host", b"localhost"), *headers],
-                 "client": ("127.0.0.1", 1), "server": ("127.0.0.1", 443)}  # fmt: skip
+        scope = {
+            "type": "http",
+            "http_version": "1.1",
+            "method": "GET",
+            "path": path,
+            "raw_path": path.encode(),
+            "query_string": b"",
+            "root_path": "",
+            "scheme": "https",
+            "headers": [(b"host", b"localhost"), *headers],
+            "client": ("127.0.0.1", 1),
+            "server": ("127.0.0.1", 443),
+        }
         app = ApplicationCommunicator(handler, scope)
         await app.send_input({"type": "http.request", "body": b""})
         start = await app.receive_output(10)
@@ -74,8 +83,15 @@ def test_a_sync_view_takes_one_hop_to_its_thread_not_one_per_middleware(settings
 
 def start_server(env: dict[str, str]) -> subprocess.Popen[bytes]:
     """Gunicorn as web's start runs it, with the given settings."""
-    command = [sys.executable, "-m", "gunicorn", "--config", str(GUNICORN_CONF), "--chdir",
-               env["APP_DIR"]]  # fmt: skip
+    command = [
+        sys.executable,
+        "-m",
+        "gunicorn",
+        "--config",
+        str(GUNICORN_CONF),
+        "--chdir",
+        env["APP_DIR"],
+    ]
     return subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
 
 
@@ -96,8 +112,11 @@ def test_both_server_configurations_serve_the_app(
     port = free_port()
     env = {**native_stack.env, "WEB_PORT": str(port), "WEB_CONCURRENCY": "1", "WEB_SERVER": server}
     process = start_server(env)
-    headers = {"X-Forwarded-Proto": "https", "Host": "localhost",
-               **native_stack.diagnostics_headers()}  # fmt: skip
+    headers = {
+        "X-Forwarded-Proto": "https",
+        "Host": "localhost",
+        **native_stack.diagnostics_headers(),
+    }
     try:
         with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10) as client:
             for _ in range(100):

@@ -355,10 +355,18 @@ def _ensure_stack_user(name: str) -> pwd.struct_passwd:
         return pwd.getpwnam(name)
     except KeyError:
         subprocess.run(
-            ["useradd", "--system", "--user-group", "--no-create-home",
-             "--shell", "/usr/sbin/nologin", name],
-            check=True, capture_output=True,
-        )  # fmt: skip
+            [
+                "useradd",
+                "--system",
+                "--user-group",
+                "--no-create-home",
+                "--shell",
+                "/usr/sbin/nologin",
+                name,
+            ],
+            check=True,
+            capture_output=True,
+        )
         return pwd.getpwnam(name)
 
 
@@ -494,10 +502,20 @@ def prepare_dirs(env: dict[str, str], services: list[Service]) -> None:
     # What the stack's user writes: heartbeats, Redis data, files, nginx's config, TLS, ACME.
     stack_dirs = [
         Path(env[name])
-        for name in ("HEARTBEAT_DIR", "REDIS_DATA_DIR", "STATIC_ROOT", "MEDIA_ROOT",
-                     "NGINX_CONF_DIR", "NGINX_RUN_DIR", "ACME_ROOT", "BACKUP_DIR", "METRICS_DIR",
-                     "PROMETHEUS_CONF_DIR", "PROMETHEUS_DATA_DIR")
-    ]  # fmt: skip
+        for name in (
+            "HEARTBEAT_DIR",
+            "REDIS_DATA_DIR",
+            "STATIC_ROOT",
+            "MEDIA_ROOT",
+            "NGINX_CONF_DIR",
+            "NGINX_RUN_DIR",
+            "ACME_ROOT",
+            "BACKUP_DIR",
+            "METRICS_DIR",
+            "PROMETHEUS_CONF_DIR",
+            "PROMETHEUS_DATA_DIR",
+        )
+    ]
     stack_dirs += [Path(env["TLS_CERT"]).parent, Path(env["TLS_KEY"]).parent]
     if env.get("MAIL_DIR"):  # make dev's mail sink
         stack_dirs.append(Path(env["MAIL_DIR"]))

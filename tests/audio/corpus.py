@@ -12,10 +12,13 @@ from tests.audio import signals
 def wav_header(rate: int, channels: int, data_bytes: int, bits: int = 16) -> bytes:
     block = channels * bits // 8
     return (
-        b"RIFF" + struct.pack("<I", 36 + data_bytes) + b"WAVEfmt "
+        b"RIFF"
+        + struct.pack("<I", 36 + data_bytes)
+        + b"WAVEfmt "
         + struct.pack("<IHHIIHH", 16, 1, channels, rate, rate * block, block, bits)
-        + b"data" + struct.pack("<I", data_bytes)
-    )  # fmt: skip
+        + b"data"
+        + struct.pack("<I", data_bytes)
+    )
 
 
 def zero_bytes(d: Path) -> Path:
@@ -85,8 +88,9 @@ def nan_samples(d: Path) -> Path:
 
     with av.open(str(path), "w", format="wav") as container:
         stream = container.add_stream("pcm_f32le", rate=48_000, layout="mono")
-        frame = av.AudioFrame.from_ndarray(samples.astype(np.float32).reshape(1, -1), format="flt",
-                                           layout="mono")  # fmt: skip
+        frame = av.AudioFrame.from_ndarray(
+            samples.astype(np.float32).reshape(1, -1), format="flt", layout="mono"
+        )
         frame.sample_rate = 48_000
         for packet in stream.encode(frame):
             container.mux(packet)

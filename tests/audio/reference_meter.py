@@ -26,10 +26,24 @@ class Reading:
 def measure(path: Path) -> Reading:
     """Integrated loudness and true peak (4x oversampled) of the whole file."""
     result = subprocess.run(
-        [FFMPEG, "-nostdin", "-hide_banner", "-nostats", "-i", str(path),
-         "-af", "ebur128=peak=true", "-f", "null", "-"],
-        capture_output=True, text=True, check=True, timeout=120,
-    )  # fmt: skip
+        [
+            FFMPEG,
+            "-nostdin",
+            "-hide_banner",
+            "-nostats",
+            "-i",
+            str(path),
+            "-af",
+            "ebur128=peak=true",
+            "-f",
+            "null",
+            "-",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=120,
+    )
     summary = SUMMARY.search(result.stderr.rsplit("Summary:", 1)[-1])
     assert summary, result.stderr[-2000:]
     return Reading(float(summary["i"]), float(summary["tp"]))

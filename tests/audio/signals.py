@@ -20,8 +20,13 @@ FORMATS = {
 }
 
 
-def tone(seconds: float = 10, dbfs: float = -18.0, channels: int = 2, freq: float = 997.0,
-         rate: int = RATE) -> np.ndarray:  # fmt: skip
+def tone(
+    seconds: float = 10,
+    dbfs: float = -18.0,
+    channels: int = 2,
+    freq: float = 997.0,
+    rate: int = RATE,
+) -> np.ndarray:
     """A sine peaking at `dbfs`: 997 Hz at -18 dBFS reads -18.0 LUFS in stereo (calibration)."""
     t = np.arange(int(rate * seconds)) / rate
     x = (10 ** (dbfs / 20)) * np.sin(2 * np.pi * freq * t)
@@ -32,12 +37,14 @@ def program(seconds: float = 12, rate: int = RATE, seed: int = 1) -> np.ndarray:
     """Dynamic material: quiet tone, loud tone, noise, a silence."""
     rng = np.random.default_rng(seed)
     part = int(seconds / 4 * rate)
-    left = np.concatenate([
-        tone(seconds / 4, -32, 1, 440, rate)[:, 0],
-        tone(seconds / 4, -6, 1, 1500, rate)[:, 0],
-        rng.normal(0, 0.08, part),
-        np.zeros(part),
-    ])  # fmt: skip
+    left = np.concatenate(
+        [
+            tone(seconds / 4, -32, 1, 440, rate)[:, 0],
+            tone(seconds / 4, -6, 1, 1500, rate)[:, 0],
+            rng.normal(0, 0.08, part),
+            np.zeros(part),
+        ]
+    )
     return np.stack([left, left * 0.7], axis=1)
 
 
@@ -62,8 +69,13 @@ def speech(text: str, dest: Path) -> Path:
     return dest
 
 
-def write(dest: Path, samples: np.ndarray, kind: str = "wav", rate: int = RATE,
-          metadata: dict[str, str] | None = None) -> Path:  # fmt: skip
+def write(
+    dest: Path,
+    samples: np.ndarray,
+    kind: str = "wav",
+    rate: int = RATE,
+    metadata: dict[str, str] | None = None,
+) -> Path:
     fmt, codec, _ = FORMATS[kind]
     channels = samples.shape[1]
     layout = {1: "mono", 2: "stereo"}[channels]
@@ -73,9 +85,10 @@ def write(dest: Path, samples: np.ndarray, kind: str = "wav", rate: int = RATE,
             container.metadata[key] = value
         stream = container.add_stream(codec, rate=out_rate, layout=layout)
         frame = av.AudioFrame.from_ndarray(
-            np.ascontiguousarray(samples.astype(np.float32)).reshape(1, -1), format="flt",
+            np.ascontiguousarray(samples.astype(np.float32)).reshape(1, -1),
+            format="flt",
             layout=layout,
-        )  # fmt: skip
+        )
         frame.sample_rate = rate
         target = stream.codec_context.format.name if stream.codec_context.format else "s16"
         resampler = av.AudioResampler(format=target, layout=layout, rate=out_rate)

@@ -12,21 +12,29 @@ from tests.conftest import PASSWORD, NativeStack
 pytestmark = pytest.mark.e2e
 
 CHROMIUM_ARGS = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
-]  # fmt: skip
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 
 
-def test_upload_and_follow_a_job_in_the_browser(native_stack: NativeStack, tmp_path,
-                                                artifacts_dir, monkeypatch) -> None:  # fmt: skip
+def test_upload_and_follow_a_job_in_the_browser(
+    native_stack: NativeStack, tmp_path, artifacts_dir, monkeypatch
+) -> None:
     chromium = shutil.which("chromium")
     assert chromium, "chromium is missing: `make test` installs it (Debian package chromium)"
     monkeypatch.setenv("HOME", str(tmp_path))  # Chromium writes its profile there
     account = native_stack.signup("page")
     username, password = account.username, PASSWORD
     hostile = "<img src=x onerror=document.title='pwned'>"
-    source = signals.write(tmp_path / "show.flac", signals.program(16), "flac",
-                           metadata={"title": hostile})  # fmt: skip
+    source = signals.write(
+        tmp_path / "show.flac", signals.program(16), "flac", metadata={"title": hostile}
+    )
 
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)

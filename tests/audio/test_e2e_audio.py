@@ -20,8 +20,9 @@ pytestmark = pytest.mark.e2e
 
 def upload(client: httpx.Client, auth: dict[str, str], path: Path, preset: str = "podcast"):
     with path.open("rb") as f:
-        return client.post("/api/jobs/", headers=auth, data={"preset": preset},
-                           files={"file": (path.name, f)})  # fmt: skip
+        return client.post(
+            "/api/jobs/", headers=auth, data={"preset": preset}, files={"file": (path.name, f)}
+        )
 
 
 def wait_finished(client: httpx.Client, auth: dict[str, str], job_id: str) -> dict:
@@ -201,9 +202,12 @@ def wait_until(predicate, timeout: float) -> bool:
 
 def test_beat_schedules_are_in_the_database_for_operators(native_stack: NativeStack) -> None:
     with psycopg.connect(native_stack.env["DATABASE_DIRECT_URL"]) as conn:
-        rows = dict(conn.execute(
-            "SELECT task, enabled FROM django_celery_beat_periodictask WHERE task LIKE 'audio.%'"
-        ).fetchall())  # fmt: skip
+        rows = dict(
+            conn.execute(
+                "SELECT task, enabled FROM django_celery_beat_periodictask "
+                "WHERE task LIKE 'audio.%'"
+            ).fetchall()
+        )
     assert rows == {
         "audio.recover_stuck_jobs": True,
         "audio.purge_expired_files": True,

@@ -27,11 +27,13 @@ pytestmark = pytest.mark.django_db(transaction=True)
 
 def test_purge_removes_files_of_expired_jobs_only(user, tmp_path, settings) -> None:
     settings.AUDIO_RETENTION_DAYS = 7
-    old = make_job(user, tmp_path, settings, status="done",
-                   finished_at=timezone.now() - timedelta(days=8))  # fmt: skip
+    old = make_job(
+        user, tmp_path, settings, status="done", finished_at=timezone.now() - timedelta(days=8)
+    )
     Rendition.objects.create(job=old, format="mp3", content_type="audio/mpeg", file_name="r.mp3")
-    recent = make_job(user, tmp_path, settings, status="done",
-                      finished_at=timezone.now() - timedelta(days=1))  # fmt: skip
+    recent = make_job(
+        user, tmp_path, settings, status="done", finished_at=timezone.now() - timedelta(days=1)
+    )
     assert housekeeping.purge_expired_files() == 1
     old.refresh_from_db()
     assert old.files_purged_at and not old.directory.exists() and not old.renditions.exists()
@@ -68,8 +70,15 @@ def test_recovery_requeues_only_jobs_whose_task_is_gone(
     long_ago = timezone.now() - timedelta(hours=1)
 
     def job(status: str, **fields) -> Job:
-        return make_job(user, tmp_path, settings, status=status, task_id=str(uuid.uuid4()),
-                        queued_at=long_ago, **fields)  # fmt: skip
+        return make_job(
+            user,
+            tmp_path,
+            settings,
+            status=status,
+            task_id=str(uuid.uuid4()),
+            queued_at=long_ago,
+            **fields,
+        )
 
     died = job("processing", attempts=1, heartbeat_at=long_ago)
     died_too_often = job("processing", attempts=2, heartbeat_at=long_ago)
@@ -96,8 +105,9 @@ def test_recovery_requeues_only_jobs_whose_task_is_gone(
 
 def test_daily_summary_goes_to_staff(user, tmp_path, settings) -> None:
     get_user_model().objects.create_user("boss", "boss@example.com", "pw-123456!", is_staff=True)
-    make_job(user, tmp_path, settings, status="failed", error="bad file",
-             finished_at=timezone.now())  # fmt: skip
+    make_job(
+        user, tmp_path, settings, status="failed", error="bad file", finished_at=timezone.now()
+    )
     assert notifications.send_daily_summary() == 1
     (message,) = mail.outbox
     assert message.to == ["boss@example.com"] and "1 failed" in message.subject
@@ -109,8 +119,10 @@ def test_upload_rate_limit(user, monkeypatch) -> None:
     cache.clear()
     client = APIClient()
     client.force_authenticate(user)
-    codes = [client.post("/api/jobs/", {"preset": "podcast"}, format="multipart").status_code
-             for _ in range(3)]  # fmt: skip
+    codes = [
+        client.post("/api/jobs/", {"preset": "podcast"}, format="multipart").status_code
+        for _ in range(3)
+    ]
     assert codes == [400, 400, 429]
 
 
@@ -118,8 +130,10 @@ def test_login_rate_limit(monkeypatch) -> None:
     monkeypatch.setattr(LoginThrottle, "THROTTLE_RATES", {"login": "3/minute"})
     cache.clear()
     client = APIClient()
-    codes = [client.post("/api/auth/token/", {"username": "x", "password": "y"}).status_code
-             for _ in range(4)]  # fmt: skip
+    codes = [
+        client.post("/api/auth/token/", {"username": "x", "password": "y"}).status_code
+        for _ in range(4)
+    ]
     assert codes == [400, 400, 400, 429]
 
 

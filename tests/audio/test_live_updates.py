@@ -26,8 +26,12 @@ def test_a_job_change_reaches_the_stream_within_a_second(
         assert stream.status == 200
         source = signals.write(tmp_path / "live.flac", signals.program(12), "flac")
         with source.open("rb") as f:
-            created = api.post("/api/jobs/", headers=account.auth, data={"preset": "podcast"},
-                               files={"file": ("live.flac", f)})  # fmt: skip
+            created = api.post(
+                "/api/jobs/",
+                headers=account.auth,
+                data={"preset": "podcast"},
+                files={"file": ("live.flac", f)},
+            )
         job_id = created.json()["id"]
         deadline = time.monotonic() + 120
         while not any(e["id"] == job_id and e["status"] == "done" for _, e in stream.events):

@@ -36,16 +36,34 @@ def s3_endpoint(tmp_path_factory) -> Iterator[str]:
     for name in ("package.json", "package-lock.json"):
         shutil.copy(REPO_DIR / "tests" / "s3rver" / name, install / name)
     if not (install / "node_modules" / ".bin" / "s3rver").exists():
-        done = subprocess.run(["npm", "ci", "--no-audit", "--no-fund"], cwd=install,
-                              capture_output=True, text=True, timeout=300, check=False)  # fmt: skip
+        done = subprocess.run(
+            ["npm", "ci", "--no-audit", "--no-fund"],
+            cwd=install,
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=False,
+        )
         assert done.returncode == 0, done.stdout + done.stderr
     port = free_port()
     data = tmp_path_factory.mktemp("s3-data")
     server = subprocess.Popen(
-        [install / "node_modules" / ".bin" / "s3rver", "--directory", str(data), "--address",
-         "127.0.0.1", "--port", str(port), "--configure-bucket", BUCKET, "--silent"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
+        [
+            install / "node_modules" / ".bin" / "s3rver",
+            "--directory",
+            str(data),
+            "--address",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--configure-bucket",
+            BUCKET,
+            "--silent",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     wait_listening(port, server)
     yield f"http://127.0.0.1:{port}"
     server.terminate()
@@ -54,12 +72,18 @@ def s3_endpoint(tmp_path_factory) -> Iterator[str]:
 
 @pytest.fixture
 def s3_media(settings, s3_endpoint, tmp_path) -> dict[str, Path]:
-    options = {**settings.MEDIA_STORE["s3"]["OPTIONS"], "bucket_name": BUCKET,
-               "endpoint_url": s3_endpoint, "access_key": S3RVER_KEY,
-               "secret_key": S3RVER_KEY}  # fmt: skip
+    options = {
+        **settings.MEDIA_STORE["s3"]["OPTIONS"],
+        "bucket_name": BUCKET,
+        "endpoint_url": s3_endpoint,
+        "access_key": S3RVER_KEY,
+        "secret_key": S3RVER_KEY,
+    }
     settings.MEDIA_STORAGE = "s3"
-    settings.STORAGES = {**settings.STORAGES, "default": {**settings.MEDIA_STORE["s3"],
-                                                          "OPTIONS": options}}  # fmt: skip
+    settings.STORAGES = {
+        **settings.STORAGES,
+        "default": {**settings.MEDIA_STORE["s3"], "OPTIONS": options},
+    }
     settings.AUDIO_MAX_DURATION_S = 600
     return {"web": tmp_path / "web-host", "worker": tmp_path / "worker-host"}
 

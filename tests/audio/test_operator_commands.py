@@ -41,8 +41,9 @@ def fails(command: str, *args: str) -> tuple[int, str, str]:
 
 
 def snapshot(*jobs: Job) -> list[tuple]:
-    return [Job.objects.filter(pk=j.pk).values_list("status", "task_id", "queued_at")[0]
-            for j in jobs]  # fmt: skip
+    return [
+        Job.objects.filter(pk=j.pk).values_list("status", "task_id", "queued_at")[0] for j in jobs
+    ]
 
 
 # --- requeue_stuck_jobs ---------------------------------------------------------------------
@@ -57,8 +58,15 @@ def stuck(user, tmp_path, settings, broker_queue):
     long_ago = timezone.now() - timedelta(hours=1)
 
     def job(status: str, **fields) -> Job:
-        return make_job(user, tmp_path, settings, status=status, task_id=str(uuid.uuid4()),
-                        queued_at=long_ago, **fields)  # fmt: skip
+        return make_job(
+            user,
+            tmp_path,
+            settings,
+            status=status,
+            task_id=str(uuid.uuid4()),
+            queued_at=long_ago,
+            **fields,
+        )
 
     jobs = {
         "died": job("processing", attempts=1, heartbeat_at=long_ago),
@@ -104,12 +112,21 @@ def test_requeue_stuck_jobs_user_and_older_than_filters(
     settings.AUDIO_HEARTBEAT_TIMEOUT_S = 30
     olga, ivan = make_user("olga"), make_user("ivan")
     minutes_ago = timezone.now() - timedelta(minutes=2)
-    olgas = make_job(olga, tmp_path, settings, status="queued", task_id="t-olga",
-                     queued_at=minutes_ago)  # fmt: skip
-    ivans = make_job(ivan, tmp_path, settings, status="queued", task_id="t-ivan",
-                     queued_at=minutes_ago)  # fmt: skip
-    beating = make_job(olga, tmp_path, settings, status="processing", task_id="t-beat",
-                       queued_at=minutes_ago, heartbeat_at=timezone.now())  # fmt: skip
+    olgas = make_job(
+        olga, tmp_path, settings, status="queued", task_id="t-olga", queued_at=minutes_ago
+    )
+    ivans = make_job(
+        ivan, tmp_path, settings, status="queued", task_id="t-ivan", queued_at=minutes_ago
+    )
+    beating = make_job(
+        olga,
+        tmp_path,
+        settings,
+        status="processing",
+        task_id="t-beat",
+        queued_at=minutes_ago,
+        heartbeat_at=timezone.now(),
+    )
 
     assert "No stuck jobs" in run("requeue_stuck_jobs")  # within the 10-minute grace
     assert "No stuck jobs" in run("requeue_stuck_jobs", "--older-than=300")
@@ -144,12 +161,14 @@ def test_purge_jobs_deletes_the_files_of_expired_jobs_and_keeps_the_rows(
     user, tmp_path, settings
 ) -> None:
     settings.AUDIO_RETENTION_DAYS = 7
-    old = make_job(user, tmp_path, settings, status="done",
-                   finished_at=timezone.now() - timedelta(days=8))  # fmt: skip
+    old = make_job(
+        user, tmp_path, settings, status="done", finished_at=timezone.now() - timedelta(days=8)
+    )
     (old.directory / "r.mp3").write_bytes(b"mp3")
     Rendition.objects.create(job=old, format="mp3", content_type="audio/mpeg", file_name="r.mp3")
-    recent = make_job(user, tmp_path, settings, status="done",
-                      finished_at=timezone.now() - timedelta(days=1))  # fmt: skip
+    recent = make_job(
+        user, tmp_path, settings, status="done", finished_at=timezone.now() - timedelta(days=1)
+    )
     active = make_job(user, tmp_path, settings, status="processing")
 
     dry = run("purge_jobs", "--dry-run")
@@ -174,8 +193,9 @@ def test_purge_jobs_by_user_status_and_age(tmp_path, settings) -> None:
         job(olga, s) for s in ("failed", "done", "canceled")
     )
     ivans_failed = job(ivan, "failed")
-    output = run("purge_jobs", "--older-than-days=0", f"--user={olga.username}",
-                 "--status=failed,canceled")  # fmt: skip
+    output = run(
+        "purge_jobs", "--older-than-days=0", f"--user={olga.username}", "--status=failed,canceled"
+    )
     assert "Purged the files of 2 jobs" in output
     for j in (olgas_failed, olgas_done, olgas_canceled, ivans_failed):
         j.refresh_from_db()
@@ -188,8 +208,9 @@ def test_purge_jobs_by_user_status_and_age(tmp_path, settings) -> None:
 def test_purge_jobs_delete_removes_rows_and_files(user, tmp_path, settings) -> None:
     day_ago = timezone.now() - timedelta(days=1)
     done = make_job(user, tmp_path, settings, status="done", finished_at=day_ago)
-    purged = make_job(user, tmp_path, settings, status="done", finished_at=day_ago,
-                      files_purged_at=day_ago)  # fmt: skip
+    purged = make_job(
+        user, tmp_path, settings, status="done", finished_at=day_ago, files_purged_at=day_ago
+    )
     queued_job = make_job(user, tmp_path, settings, status="queued")
     output = run("purge_jobs", "--delete", "--no-input", "--older-than-days=0")
     assert "Deleted 2 jobs" in output
@@ -199,8 +220,9 @@ def test_purge_jobs_delete_removes_rows_and_files(user, tmp_path, settings) -> N
 
 
 def test_purge_jobs_refuses_active_statuses_and_bad_input(user, tmp_path, settings) -> None:
-    job = make_job(user, tmp_path, settings, status="done",
-                   finished_at=timezone.now() - timedelta(days=400))  # fmt: skip
+    job = make_job(
+        user, tmp_path, settings, status="done", finished_at=timezone.now() - timedelta(days=400)
+    )
     for args, message in [
         (("--status=processing",), "only finished jobs can be purged"),
         (("--status=done,queued",), "--status queued"),
@@ -217,12 +239,24 @@ def test_exit_codes_from_the_command_line() -> None:
     """What a shell sees: argparse's and CommandError's exit codes, the error on stderr."""
     env = dict(os.environ)
     manage = [sys.executable, str(REPO_DIR / "app" / "manage.py")]
-    bad = subprocess.run([*manage, "purge_jobs", "--status=queued"], env=env,
-                         capture_output=True, text=True, timeout=60, check=False)  # fmt: skip
+    bad = subprocess.run(
+        [*manage, "purge_jobs", "--status=queued"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert bad.returncode == 2, bad.stderr
     assert "CommandError: --status queued: only finished jobs can be purged" in bad.stderr
-    typo = subprocess.run([*manage, "requeue_stuck_jobs", "--older-than=soon"], env=env,
-                          capture_output=True, text=True, timeout=60, check=False)  # fmt: skip
+    typo = subprocess.run(
+        [*manage, "requeue_stuck_jobs", "--older-than=soon"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert typo.returncode == 2 and "invalid float value: 'soon'" in typo.stderr
 
 
@@ -262,8 +296,14 @@ def test_resend_notifications_by_user_and_window(tmp_path, settings, smtp) -> No
     now = timezone.now()
 
     def job(owner, status: str, finished_ago: timedelta) -> Job:
-        return make_job(owner, tmp_path, settings, status=status, finished_at=now - finished_ago,
-                        notified_at=now - finished_ago)  # fmt: skip
+        return make_job(
+            owner,
+            tmp_path,
+            settings,
+            status=status,
+            finished_at=now - finished_ago,
+            notified_at=now - finished_ago,
+        )
 
     recent_failed = job(olga, "failed", timedelta(hours=2))
     job(olga, "done", timedelta(days=3))  # outside the window
@@ -285,8 +325,14 @@ def test_resend_notifications_by_user_and_window(tmp_path, settings, smtp) -> No
 
 def test_resend_notifications_skips_a_send_in_progress(user, tmp_path, settings, smtp) -> None:
     # The worker is sending the first email right now.
-    job = make_job(user, tmp_path, settings, status="done", finished_at=timezone.now(),
-                   notification_claimed_at=timezone.now())  # fmt: skip
+    job = make_job(
+        user,
+        tmp_path,
+        settings,
+        status="done",
+        finished_at=timezone.now(),
+        notification_claimed_at=timezone.now(),
+    )
     code, error, output = fails("resend_notifications", str(job.pk))
     assert code == 1 and "1 emails could not be sent" in error and "busy 1" in output
     assert mail_to(smtp, user.email) == []
@@ -338,19 +384,33 @@ def test_stats_json_counts_jobs_work_users_storage_and_queue(
 
     def job(status: str, ago: timedelta, took_s: float = 0, audio_s: float | None = None, **kw):
         metadata = {"duration_s": audio_s} if audio_s is not None else {}
-        j = make_job(user, tmp_path, settings, status=status, source_metadata=metadata,
-                     started_at=now - ago - timedelta(seconds=took_s), finished_at=now - ago,
-                     **kw)  # fmt: skip
+        j = make_job(
+            user,
+            tmp_path,
+            settings,
+            status=status,
+            source_metadata=metadata,
+            started_at=now - ago - timedelta(seconds=took_s),
+            finished_at=now - ago,
+            **kw,
+        )
         Job.objects.filter(pk=j.pk).update(created_at=now - ago - timedelta(seconds=took_s))
         return j
 
     today = job("done", timedelta(hours=1), took_s=30, audio_s=120.5, source_size=1000)
-    Rendition.objects.create(job=today, format="mp3", content_type="audio/mpeg",
-                             file_name="r.mp3", size=500)  # fmt: skip
+    Rendition.objects.create(
+        job=today, format="mp3", content_type="audio/mpeg", file_name="r.mp3", size=500
+    )
     job("done", timedelta(days=3), took_s=60, audio_s=200, source_size=2000)
     job("failed", timedelta(hours=2), took_s=5, source_size=10)
-    job("done", timedelta(days=40), took_s=7, audio_s=9, source_size=4000,
-        files_purged_at=now - timedelta(days=10))  # fmt: skip
+    job(
+        "done",
+        timedelta(days=40),
+        took_s=7,
+        audio_s=9,
+        source_size=4000,
+        files_purged_at=now - timedelta(days=10),
+    )
     make_job(user, tmp_path, settings, status="queued", source_size=100)
     for _ in range(3):
         waiting_in_broker(broker_queue, str(uuid.uuid4()))

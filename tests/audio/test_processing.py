@@ -23,14 +23,23 @@ def render_preset(source, analysis, preset, directory):
     """Each of the preset's formats rendered from `source`: (format name, rendition)."""
     for name in preset.formats:
         fmt = encode.FORMATS[name]
-        yield name, encode.render(
-            source, analysis, fmt, directory / f"out.{fmt.extension}",
-            target_lufs=preset.target_lufs, ceiling_dbtp=preset.ceiling_dbtp, limits=LIMITS,
-        )  # fmt: skip
+        yield (
+            name,
+            encode.render(
+                source,
+                analysis,
+                fmt,
+                directory / f"out.{fmt.extension}",
+                target_lufs=preset.target_lufs,
+                ceiling_dbtp=preset.ceiling_dbtp,
+                limits=LIMITS,
+            ),
+        )
 
 
-@pytest.mark.parametrize(("dbfs", "channels", "expected"), [(-18, 2, -18.0), (-23, 2, -23.0),
-                                                           (-18, 1, -21.01)])  # fmt: skip
+@pytest.mark.parametrize(
+    ("dbfs", "channels", "expected"), [(-18, 2, -18.0), (-23, 2, -23.0), (-18, 1, -21.01)]
+)
 def test_loudness_is_accurate_on_calibrated_tones(tmp_path, dbfs, channels, expected) -> None:
     path = signals.write(tmp_path / "tone.wav", signals.tone(20, dbfs, channels))
     loudness = media.analyse(path, LIMITS).loudness
@@ -97,7 +106,10 @@ def assert_reference_meter_agrees(rendition: encode.Rendition, preset) -> None:
     assert abs(reference.integrated_lufs - preset.target_lufs) <= 1.0, (name, reference)
     assert reference.true_peak_dbtp <= preset.ceiling_dbtp + 0.1, (name, reference)
     assert abs(reference.integrated_lufs - rendition.loudness.integrated_lufs) <= 0.2, (
-        name, reference, rendition.loudness)  # fmt: skip
+        name,
+        reference,
+        rendition.loudness,
+    )
 
 
 def test_a_click_train_is_too_dynamic_and_the_rendition_says_so(tmp_path) -> None:
@@ -109,9 +121,14 @@ def test_a_click_train_is_too_dynamic_and_the_rendition_says_so(tmp_path) -> Non
     source = signals.write(tmp_path / "clicks.wav", samples)
     analysis = media.analyse(source, LIMITS)
     rendition = encode.render(
-        source, analysis, encode.FORMATS["mp3"], tmp_path / "out.mp3",
-        target_lufs=-16, ceiling_dbtp=-1, limits=LIMITS,
-    )  # fmt: skip
+        source,
+        analysis,
+        encode.FORMATS["mp3"],
+        tmp_path / "out.mp3",
+        target_lufs=-16,
+        ceiling_dbtp=-1,
+        limits=LIMITS,
+    )
     assert not rendition.within_target, rendition
     assert "too dynamic" in rendition.note, rendition.note
     assert rendition.loudness.integrated_lufs < -17, rendition.loudness
@@ -134,9 +151,14 @@ def test_limited_speech_gets_its_gain_from_raw_pcm_and_encodes_once(tmp_path) ->
     after = encode._pcm_loudness(source, analysis, found, limit, LIMITS, lambda: False)
     assert abs(after - preset.target_lufs) <= encode.SETTLE_LU, after  # render's own criterion
     rendition = encode.render(
-        source, analysis, encode.FORMATS["flac"], tmp_path / "out.flac",
-        target_lufs=preset.target_lufs, ceiling_dbtp=preset.ceiling_dbtp, limits=LIMITS,
-    )  # fmt: skip
+        source,
+        analysis,
+        encode.FORMATS["flac"],
+        tmp_path / "out.flac",
+        target_lufs=preset.target_lufs,
+        ceiling_dbtp=preset.ceiling_dbtp,
+        limits=LIMITS,
+    )
     assert rendition.within_target and rendition.encodes == 1, rendition
 
 
@@ -160,8 +182,9 @@ def test_the_oversampled_limiter_holds_true_peaks(tmp_path) -> None:
     peaks = {}
     for oversample in (1, encode.OVERSAMPLE):
         out = tmp_path / f"limited{oversample}.wav"
-        encode._encode(source, "wav", out, wav, gain_db=11, limit_dbfs=-2, limits=LIMITS,
-                       oversample=oversample)  # fmt: skip
+        encode._encode(
+            source, "wav", out, wav, gain_db=11, limit_dbfs=-2, limits=LIMITS, oversample=oversample
+        )
         peaks[oversample] = media.analyse(out, LIMITS, waveform=False).loudness.true_peak_dbtp
     assert peaks[encode.OVERSAMPLE] <= -2 + 0.1, peaks
     assert peaks[1] > -2 + 0.3, peaks  # why it is there
@@ -174,8 +197,9 @@ def test_streaming_speech_takes_one_encode_per_format_under_the_ceiling(tmp_path
     headroom, so each rendition lands on its first encode (it took up to 4 before)."""
     source, analysis = long_speech(tmp_path, kind)
     preset = PRESETS["streaming"]
-    assert encode.limiting(analysis, preset.target_lufs - analysis.loudness.integrated_lufs,
-                           preset.ceiling_dbtp - 0.5)  # fmt: skip
+    assert encode.limiting(
+        analysis, preset.target_lufs - analysis.loudness.integrated_lufs, preset.ceiling_dbtp - 0.5
+    )
     for name, rendition in render_preset(source, analysis, preset, tmp_path):
         loud = rendition.loudness
         assert rendition.within_target and rendition.encodes == 1, (name, rendition)
@@ -200,9 +224,14 @@ def test_silence_is_not_normalised_and_says_why(tmp_path) -> None:
     analysis = media.analyse(source, LIMITS)
     assert analysis.loudness.integrated_lufs is None
     rendition = encode.render(
-        source, analysis, encode.FORMATS["mp3"], tmp_path / "out.mp3",
-        target_lufs=-16, ceiling_dbtp=-1, limits=LIMITS,
-    )  # fmt: skip
+        source,
+        analysis,
+        encode.FORMATS["mp3"],
+        tmp_path / "out.mp3",
+        target_lufs=-16,
+        ceiling_dbtp=-1,
+        limits=LIMITS,
+    )
     assert not rendition.within_target
     assert "silent" in rendition.note
 
@@ -224,8 +253,15 @@ def test_tags_are_sanitised(tmp_path) -> None:
 def render_podcast_mp3(tmp_path, seconds: float, limits: media.Limits) -> encode.Rendition:
     source = signals.write(tmp_path / "long.wav", signals.program(seconds))
     analysis = media.analyse(source, LIMITS, waveform=False)
-    return encode.render(source, analysis, encode.FORMATS["mp3"], tmp_path / "out" / "r.mp3",
-                         target_lufs=-16, ceiling_dbtp=-1, limits=limits)  # fmt: skip
+    return encode.render(
+        source,
+        analysis,
+        encode.FORMATS["mp3"],
+        tmp_path / "out" / "r.mp3",
+        target_lufs=-16,
+        ceiling_dbtp=-1,
+        limits=limits,
+    )
 
 
 @pytest.mark.parametrize(
@@ -260,10 +296,15 @@ def test_worker_processes_get_an_address_space_limit() -> None:
         "limit_worker_memory()\n"
         "try:\n    bytearray(300 * 2**20)\nexcept MemoryError:\n    print('MemoryError')\n"
     )
-    env = {**os.environ, "DJANGO_SETTINGS_MODULE": "core.settings",
-           "AUDIO_WORKER_MEMORY_MB": "256"}  # fmt: skip
-    result = subprocess.run([sys.executable, "-c", code], env=env, cwd=APP_DIR,
-                            capture_output=True, text=True, timeout=60)  # fmt: skip
+    env = {**os.environ, "DJANGO_SETTINGS_MODULE": "core.settings", "AUDIO_WORKER_MEMORY_MB": "256"}
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        env=env,
+        cwd=APP_DIR,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.stdout.strip() == "MemoryError", result.stderr
 
 
@@ -285,14 +326,23 @@ def test_the_encoder_process_keeps_the_cli_encoders_settings(tmp_path, channels)
             for packet in stream.encode(chunk):
                 out.mux(packet)
     analysis = media.analyse(source, LIMITS)
-    expected = {"mp3": (min(channels, 2), 44100, None), "aac": (channels, 48000, None),
-                "opus": (channels, 48000, None), "flac": (channels, signals.RATE, 24)}  # fmt: skip
+    expected = {
+        "mp3": (min(channels, 2), 44100, None),
+        "aac": (channels, 48000, None),
+        "opus": (channels, 48000, None),
+        "flac": (channels, signals.RATE, 24),
+    }
     for name, (want_channels, want_rate, want_bits) in expected.items():
         fmt = encode.FORMATS[name]
         rendition = encode.render(
-            source, analysis, fmt, tmp_path / f"out.{fmt.extension}",
-            target_lufs=-16, ceiling_dbtp=-1, limits=LIMITS,
-        )  # fmt: skip
+            source,
+            analysis,
+            fmt,
+            tmp_path / f"out.{fmt.extension}",
+            target_lufs=-16,
+            ceiling_dbtp=-1,
+            limits=LIMITS,
+        )
         assert rendition.within_target, (name, rendition)
         with av.open(str(rendition.path)) as made:
             decoded = made.streams.audio[0].codec_context

@@ -51,8 +51,9 @@ def test_only_the_owning_task_claims_and_a_live_run_is_not_taken(user, tmp_path,
 def test_a_run_that_keeps_killing_its_worker_fails_after_max_attempts(user, tmp_path, settings):
     settings.AUDIO_MAX_ATTEMPTS = 2
     stale = timezone.now() - timedelta(hours=1)
-    job = make_job(user, tmp_path, settings, status="processing", task_id="t", attempts=2,
-                   heartbeat_at=stale)  # fmt: skip
+    job = make_job(
+        user, tmp_path, settings, status="processing", task_id="t", attempts=2, heartbeat_at=stale
+    )
     assert pipeline.claim(str(job.pk), "t") is None
     job.refresh_from_db()
     assert job.status == "failed" and "giving up" in job.error and job.task_id == ""
@@ -63,8 +64,9 @@ def test_a_canceled_run_commits_nothing_and_lets_go(user, tmp_path, settings, qu
     running encoder is killed at the next heartbeat, not left to finish its minutes of audio."""
     settings.AUDIO_HEARTBEAT_S = 0.5
     job = real_job(user, tmp_path, settings, seconds=240)
-    worker = threading.Thread(target=lambda: (pipeline.process_job(str(job.pk), job.task_id),
-                                              connection.close()))  # fmt: skip
+    worker = threading.Thread(
+        target=lambda: (pipeline.process_job(str(job.pk), job.task_id), connection.close())
+    )
     worker.start()
     deadline = time.monotonic() + 60
     while not Job.objects.get(pk=job.pk).phase.startswith("encoding"):
@@ -88,8 +90,14 @@ def test_a_canceled_run_commits_nothing_and_lets_go(user, tmp_path, settings, qu
 
 
 def test_rerun_waits_for_a_canceled_run_that_is_still_stopping(user, tmp_path, settings, queued):
-    job = make_job(user, tmp_path, settings, status="canceled", task_id="still-running",
-                   heartbeat_at=timezone.now())  # fmt: skip
+    job = make_job(
+        user,
+        tmp_path,
+        settings,
+        status="canceled",
+        task_id="still-running",
+        heartbeat_at=timezone.now(),
+    )
     with pytest.raises(jobs.Refused) as refused:
         jobs.rerun_job(job)
     assert refused.value.status == 409 and queued == []
@@ -136,8 +144,12 @@ def test_one_email_per_run_however_often_the_task_is_delivered(
     assert mailoutbox[0].extra_headers["Message-ID"].startswith(f"<job-{job.pk}-")
     # A new run gets its own email; a sender that died holding the claim is waited for.
     jobs.rerun_job(job)
-    Job.objects.filter(pk=job.pk).update(status="done", task_id="", finished_at=timezone.now(),
-                                         notification_claimed_at=timezone.now())  # fmt: skip
+    Job.objects.filter(pk=job.pk).update(
+        status="done",
+        task_id="",
+        finished_at=timezone.now(),
+        notification_claimed_at=timezone.now(),
+    )
     with pytest.raises(notifications.NotificationBusy):
         notifications.send_job_notification(str(job.pk))
     expired = timezone.now() - notifications.CLAIM_LEASE - timedelta(seconds=1)
@@ -202,8 +214,10 @@ def test_cancel_and_rerun_are_throttled(user, tmp_path, settings, monkeypatch, q
     job = make_job(user, tmp_path, settings, status="done", finished_at=timezone.now())
     client = APIClient()
     client.force_authenticate(user)
-    codes = [client.post(f"/api/jobs/{job.pk}/{action}/").status_code
-             for action in ("rerun", "cancel", "rerun", "cancel")]  # fmt: skip
+    codes = [
+        client.post(f"/api/jobs/{job.pk}/{action}/").status_code
+        for action in ("rerun", "cancel", "rerun", "cancel")
+    ]
     assert codes == [202, 200, 202, 429]
 
 

@@ -88,8 +88,12 @@ class Chaos:
 
     def upload(self, account: Account, source: Path, name: str, preset: str = "podcast"):
         with self.stack.client() as client, source.open("rb") as f:
-            return client.post("/api/jobs/", headers=account.auth, data={"preset": preset},
-                               files={"file": (name, f)})  # fmt: skip
+            return client.post(
+                "/api/jobs/",
+                headers=account.auth,
+                data={"preset": preset},
+                files={"file": (name, f)},
+            )
 
     def statuses(self, job_ids: list[str]) -> dict[str, str]:
         rows = self.sql("SELECT id::text, status FROM audio_job WHERE id::text = ANY(%s)", job_ids)
@@ -142,8 +146,14 @@ class Load:
     """A bounded closed-loop load: `threads` clients, each sending GET `path` back to back
     (keep-alive, like browsers), recording when each request started, its status and latency."""
 
-    def __init__(self, stack: NativeStack, path: str, headers: dict[str, str],
-                 threads: int = 8, timeout: float = 60) -> None:  # fmt: skip
+    def __init__(
+        self,
+        stack: NativeStack,
+        path: str,
+        headers: dict[str, str],
+        threads: int = 8,
+        timeout: float = 60,
+    ) -> None:
         self.stack, self.path, self.headers, self.timeout = stack, path, headers, timeout
         self.results: list[tuple[float, int | str, float]] = []
         self.crashed: list[BaseException] = []
@@ -209,5 +219,11 @@ def start_process(command: list[str], env: dict[str, str], log: Path) -> subproc
     if os.geteuid() == 0:
         command = ["runuser", "-u", env.get("STACK_USER", "core"), "--", *command]
     with log.open("ab") as out:
-        return subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT,
-                                cwd=env["APP_DIR"], start_new_session=True)  # fmt: skip
+        return subprocess.Popen(
+            command,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            cwd=env["APP_DIR"],
+            start_new_session=True,
+        )

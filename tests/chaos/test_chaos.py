@@ -38,8 +38,9 @@ BROKER_CONF = REPO_DIR / "deployments" / "compose" / "redis" / "broker.conf"
 @pytest.fixture(scope="module")
 def program(tmp_path_factory) -> Path:
     """40 s of music-like programme: long enough that kills land mid-encode."""
-    return signals.write(tmp_path_factory.mktemp("chaos") / "program.flac",
-                         signals.program(40), "flac")  # fmt: skip
+    return signals.write(
+        tmp_path_factory.mktemp("chaos") / "program.flac", signals.program(40), "flac"
+    )
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -48,11 +49,18 @@ def frequent_sweep(chaos: Chaos) -> None:
     beat notices the change within its 5 s loop)."""
     (interval,) = chaos.sql(
         "INSERT INTO django_celery_beat_intervalschedule (every, period) VALUES (%s, 'seconds') "
-        "RETURNING id", SWEEP_EVERY_S)[0]  # fmt: skip
-    chaos.sql("UPDATE django_celery_beat_periodictask SET interval_id = %s "
-              "WHERE task = 'audio.recover_stuck_jobs'", interval)  # fmt: skip
-    chaos.sql("INSERT INTO django_celery_beat_periodictasks (ident, last_update) VALUES (1, now()) "
-              "ON CONFLICT (ident) DO UPDATE SET last_update = now()")  # fmt: skip
+        "RETURNING id",
+        SWEEP_EVERY_S,
+    )[0]
+    chaos.sql(
+        "UPDATE django_celery_beat_periodictask SET interval_id = %s "
+        "WHERE task = 'audio.recover_stuck_jobs'",
+        interval,
+    )
+    chaos.sql(
+        "INSERT INTO django_celery_beat_periodictasks (ident, last_update) VALUES (1, now()) "
+        "ON CONFLICT (ident) DO UPDATE SET last_update = now()"
+    )
 
 
 def emails_about(chaos: Chaos, name: str) -> int:
@@ -83,11 +91,19 @@ def test_worker_kills_lose_and_duplicate_nothing(chaos: Chaos, program: Path) ->
     while len(kills) < 20 and time.monotonic() - started < 240:
         time.sleep(rng.uniform(0.3, 1.5))
         active = celery_app.control.inspect(timeout=1.0).active() or {}
-        running = [task for tasks in active.values() for task in tasks
-                   if task["name"] == "audio.process_job"]  # fmt: skip
-        attempts = dict(chaos.sql(
-            "SELECT id::text, attempts FROM audio_job WHERE status = 'processing' "
-            "AND id::text = ANY(%s)", jobs))  # fmt: skip
+        running = [
+            task
+            for tasks in active.values()
+            for task in tasks
+            if task["name"] == "audio.process_job"
+        ]
+        attempts = dict(
+            chaos.sql(
+                "SELECT id::text, attempts FROM audio_job WHERE status = 'processing' "
+                "AND id::text = ANY(%s)",
+                jobs,
+            )
+        )
         victims = [t for t in running if attempts.get(t["args"][0], max_attempts) < max_attempts]
         if not victims:
             if set(chaos.statuses(jobs).values()) <= {"done", "failed"}:
@@ -139,14 +155,22 @@ def test_worker_kills_lose_and_duplicate_nothing(chaos: Chaos, program: Path) ->
     orphans = subprocess.run(["pgrep", "-f", f"{media_root}.*rendition"], capture_output=True)
     assert orphans.stdout == b"", "an encoder outlived its killed worker"
     chaos.record(
-        "worker_kills", jobs=len(jobs), kills=len(kills), done=len(jobs), lost=0,
-        duplicated=len(duplicated), emails=sum(emails.values()),
+        "worker_kills",
+        jobs=len(jobs),
+        kills=len(kills),
+        done=len(jobs),
+        lost=0,
+        duplicated=len(duplicated),
+        emails=sum(emails.values()),
         renditions_measured=len(measured),
         max_lufs_error=round(max(abs(v + 16) for v in measured), 2),
-        restart_after_kill_s={"max": round(max(restarts), 1),
-                              "median": round(statistics.median(restarts), 1)},
-        seconds=round(time.monotonic() - started, 1), load_average=load_average(),
-    )  # fmt: skip
+        restart_after_kill_s={
+            "max": round(max(restarts), 1),
+            "median": round(statistics.median(restarts), 1),
+        },
+        seconds=round(time.monotonic() - started, 1),
+        load_average=load_average(),
+    )
     chaos.wait_healthy()
 
 
@@ -157,9 +181,11 @@ def broker(chaos: Chaos) -> redis.Redis:
 def tasks_waiting(chaos: Chaos, job_ids: set[str]) -> int:
     """Processing tasks for these jobs in the broker's queue (beat's own tasks wait there too)."""
     messages = [json.loads(m) for m in broker(chaos).lrange("celery", 0, -1)]
-    return sum(m["headers"]["task"] == "audio.process_job"
-               and json.loads(base64.b64decode(m["body"]))[0][0] in job_ids
-               for m in messages)  # fmt: skip
+    return sum(
+        m["headers"]["task"] == "audio.process_job"
+        and json.loads(base64.b64decode(m["body"]))[0][0] in job_ids
+        for m in messages
+    )
 
 
 def test_broker_killed_with_tasks_queued_loses_no_job(chaos: Chaos, program: Path) -> None:
@@ -202,14 +228,17 @@ def test_broker_killed_with_tasks_queued_loses_no_job(chaos: Chaos, program: Pat
     names = {**queued, **late}
     chaos.wait(lambda: all(emails_about(chaos, n) == 1 for n in names.values()), 60, "emails")
     chaos.record(
-        "broker_restart", queued_when_killed=len(queued), in_broker_before_kill=in_broker_before,
+        "broker_restart",
+        queued_when_killed=len(queued),
+        in_broker_before_kill=in_broker_before,
         in_broker_after_restart=in_broker_after,
         lost_by_the_kill=in_broker_before - in_broker_after,
-        uploaded_while_broker_down=len(late), recovered_by_sweep=len({e.job for e in recovered}),
+        uploaded_while_broker_down=len(late),
+        recovered_by_sweep=len({e.job for e in recovered}),
         done=sum(s == "done" for s in statuses.values()),
         appendfsync=BROKER_CONF.read_text().split("appendfsync ")[1].split()[0],
         seconds=round(time.monotonic() - started, 1),
-    )  # fmt: skip
+    )
     chaos.wait_healthy()
 
 
@@ -273,10 +302,16 @@ def test_database_restarts_under_api_load(chaos: Chaos) -> None:
     # a generous bound for a loaded machine; nginx alone would wait 120 s).
     assert summary["max_ms"] < 30_000, summary
     assert chaos.stack.pid("web") == web, "web was restarted"
-    chaos.record("database_restarts", load=summary, outage_to_ready_s=outages,
-                 readyz={str(k): sum(1 for _, s in readiness.seen if s == k)
-                         for k in {s for _, s in readiness.seen}},
-                 load_average=load_average())  # fmt: skip
+    chaos.record(
+        "database_restarts",
+        load=summary,
+        outage_to_ready_s=outages,
+        readyz={
+            str(k): sum(1 for _, s in readiness.seen if s == k)
+            for k in {s for _, s in readiness.seen}
+        },
+        load_average=load_average(),
+    )
     chaos.wait_healthy()
 
 
@@ -311,8 +346,13 @@ def test_graceful_reload_under_load_fails_no_request(chaos: Chaos) -> None:
     summary = load.summary()
     assert summary["by_status"] == {"200": summary["requests"]}, summary
     assert {s: chaos.stack.pid(s) for s in services} == masters and replaced()
-    chaos.record("graceful_reload", reloads=2, load=summary, streams_ended_cleanly=len(opened),
-                 load_average=load_average())  # fmt: skip
+    chaos.record(
+        "graceful_reload",
+        reloads=2,
+        load=summary,
+        streams_ended_cleanly=len(opened),
+        load_average=load_average(),
+    )
 
 
 def test_stream_flood_leaves_the_api_fast(chaos: Chaos, program: Path) -> None:
@@ -326,8 +366,11 @@ def test_stream_flood_leaves_the_api_fast(chaos: Chaos, program: Path) -> None:
         return load.summary()
 
     users = [chaos.stack.signup("flood") for _ in range(20)]
-    clients = [tab for i, user in enumerate(users)
-               for tab in tabs(chaos.stack, user, 10, f"127.0.0.{20 + i // 4}")]  # fmt: skip
+    clients = [
+        tab
+        for i, user in enumerate(users)
+        for tab in tabs(chaos.stack, user, 10, f"127.0.0.{20 + i // 4}")
+    ]
     rounds: dict[str, list[dict]] = {"without": [measure()], "with": []}
     with streams_open(clients) as opened:
         assert [s.status for s in opened] == [200] * 200
@@ -340,25 +383,34 @@ def test_stream_flood_leaves_the_api_fast(chaos: Chaos, program: Path) -> None:
             client.post(f"/api/jobs/{job_id}/cancel/", headers=users[0].auth)
 
         def everywhere() -> bool:
-            return all(any(e["id"] == job_id and e["status"] == "canceled" for _, e in s.events)
-                       for s in opened[:10])  # fmt: skip
+            return all(
+                any(e["id"] == job_id and e["status"] == "canceled" for _, e in s.events)
+                for s in opened[:10]
+            )
 
         try:
             chaos.wait(everywhere, 5, "the canceled job in every tab of its owner")
         except AssertionError as exc:
-            seen = [(s.error, s.clean_ends, [e["status"] for _, e in s.events if e["id"] == job_id])
-                    for s in opened[:10]]  # fmt: skip
+            seen = [
+                (s.error, s.clean_ends, [e["status"] for _, e in s.events if e["id"] == job_id])
+                for s in opened[:10]
+            ]
             raise AssertionError(f"{exc}; tabs (error, clean ends, events): {seen}") from None
         assert not any(e["id"] == job_id for s in opened[10:] for _, e in s.events)
         reconnects = sum(s.clean_ends for s in opened)
         refused_later = sum(s.last_status != 200 for s in opened)
     rounds["without"].append(measure())
     p99 = {kind: statistics.mean(r["p99_ms"] for r in runs) for kind, runs in rounds.items()}
-    chaos.record("stream_flood", streams=len(clients), rounds=rounds,
-                 p99_ms={k: round(v, 1) for k, v in p99.items()},
-                 p99_ratio=round(p99["with"] / p99["without"], 2), stream_reconnects=reconnects,
-                 streams_refused_on_reconnect=refused_later,
-                 load_average=load_average())  # fmt: skip
+    chaos.record(
+        "stream_flood",
+        streams=len(clients),
+        rounds=rounds,
+        p99_ms={k: round(v, 1) for k, v in p99.items()},
+        p99_ratio=round(p99["with"] / p99["without"], 2),
+        stream_reconnects=reconnects,
+        streams_refused_on_reconnect=refused_later,
+        load_average=load_average(),
+    )
     for summary in rounds["with"]:
         assert set(summary["by_status"]) == {"200"}, summary
     assert p99["with"] <= 2 * p99["without"], rounds
@@ -392,15 +444,19 @@ def test_racing_rerun_and_cancel_never_overlap_runs(chaos: Chaos, program: Path)
             or "failed (task" in event.what
             or "stopped" in event.what
         ):
-            runs.setdefault(event.task, []).append(event.at)  # fmt: skip
+            runs.setdefault(event.task, []).append(event.at)
     intervals = sorted((min(times), max(times)) for times in runs.values())
     for (_, end), (start, _) in itertools.pairwise(intervals):
         assert end <= start, f"two runs of one job overlapped: {intervals}"
     claims = sum("claimed" in e.what for e in events)
     assert claims <= codes.count(202)
-    chaos.record("racing_requests", requests=len(codes),
-                 outcomes={str(c): codes.count(c) for c in set(codes)}, runs=claims,
-                 overlapping_runs=0)  # fmt: skip
+    chaos.record(
+        "racing_requests",
+        requests=len(codes),
+        outcomes={str(c): codes.count(c) for c in set(codes)},
+        runs=claims,
+        overlapping_runs=0,
+    )
 
 
 def test_disk_full_fails_cleanly(chaos: Chaos, tmp_path: Path) -> None:
@@ -411,8 +467,9 @@ def test_disk_full_fails_cleanly(chaos: Chaos, tmp_path: Path) -> None:
     size_kb = source.stat().st_size // 1024 + 32  # room for the source, not for its renditions
     owner = jobs_dir.stat()  # the stack's user (web writes here)
     options = f"size={size_kb}k,mode=0755,uid={owner.st_uid},gid={owner.st_gid}"
-    subprocess.run(["mount", "-t", "tmpfs", "-o", options, "chaos-media", str(jobs_dir)],
-                   check=True)  # fmt: skip
+    subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", options, "chaos-media", str(jobs_dir)], check=True
+    )
     try:
         account = chaos.stack.signup("disk")
         response = chaos.upload(account, source, "fills-the-disk.wav")
@@ -432,8 +489,13 @@ def test_disk_full_fails_cleanly(chaos: Chaos, tmp_path: Path) -> None:
         assert chaos.ready()
     finally:
         subprocess.run(["umount", "--lazy", str(jobs_dir)], check=True)
-    chaos.record("disk_full", filesystem_kb=size_kb, job_error=job["error"],
-                 second_upload=refused.status_code, files_left=["source"])  # fmt: skip
+    chaos.record(
+        "disk_full",
+        filesystem_kb=size_kb,
+        job_error=job["error"],
+        second_upload=refused.status_code,
+        files_left=["source"],
+    )
     chaos.wait_healthy()
 
 
@@ -450,8 +512,11 @@ def test_a_hung_encoder_fails_the_job_and_the_worker_lives_on(
     worker = start_process(list(worker_service.command), env, tmp_path / "worker.log")
     try:
         check = list(worker_service.healthcheck)
-        chaos.wait(lambda: subprocess.run(check, env=env, capture_output=True).returncode == 0,
-                   60, "the stand-in worker healthy")  # fmt: skip
+        chaos.wait(
+            lambda: subprocess.run(check, env=env, capture_output=True).returncode == 0,
+            60,
+            "the stand-in worker healthy",
+        )
         account = chaos.stack.signup("hang")
         job_id = chaos.upload(account, program, "hangs.flac").json()["id"]
         began = time.monotonic()
@@ -476,6 +541,11 @@ def test_a_hung_encoder_fails_the_job_and_the_worker_lives_on(
         except subprocess.TimeoutExpired:
             os.killpg(worker.pid, signal.SIGKILL)
         chaos.supervisor("start", "celery_worker")
-    chaos.record("hung_encoder", soft_time_limit_s=soft_limit, job_error=job["error"],
-                 failed_after_s=round(failed_after, 1), worker_alive=True)  # fmt: skip
+    chaos.record(
+        "hung_encoder",
+        soft_time_limit_s=soft_limit,
+        job_error=job["error"],
+        failed_after_s=round(failed_after, 1),
+        worker_alive=True,
+    )
     chaos.wait_healthy()

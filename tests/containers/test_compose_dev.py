@@ -22,8 +22,18 @@ def compose(*args: str, check: bool = True, timeout: float = 900) -> str:
         "COMPOSE_FILE": "docker-compose.yml:compose.dev.yml",
         "COMPOSE_PARALLEL_LIMIT": "1",
     }
-    return docker("compose", "-p", PROJECT, "--env-file", str(WORK / "dev.env"), *args,
-                  check=check, timeout=timeout, cwd=REPO_DIR, env=env)  # fmt: skip
+    return docker(
+        "compose",
+        "-p",
+        PROJECT,
+        "--env-file",
+        str(WORK / "dev.env"),
+        *args,
+        check=check,
+        timeout=timeout,
+        cwd=REPO_DIR,
+        env=env,
+    )
 
 
 def wait_http(url: str, timeout: float = 120) -> httpx.Response:
@@ -54,8 +64,9 @@ def test_dev_stack_reloads_a_code_change() -> None:
         try:
             compose("up", "-d", "--wait", "--wait-timeout", "300", "web")
         except AssertionError as exc:
-            state = compose("ps", "-a", check=False) + compose("logs", "--no-color", "--tail", "40",
-                                                              check=False)  # fmt: skip
+            state = compose("ps", "-a", check=False) + compose(
+                "logs", "--no-color", "--tail", "40", check=False
+            )
             raise AssertionError(f"{exc}\n{state}") from None
         wait_http(f"http://localhost:{WEB_PORT}/healthz")
         uid = compose("exec", "-T", "web", "id", "-u").strip()

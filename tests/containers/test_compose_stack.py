@@ -65,8 +65,10 @@ def require_docker_engine() -> None:
     fmt = "{{range .Server.Components}}{{.Name}} {{end}}"
     components = docker("version", "--format", fmt, check=False)
     if not components.startswith("Engine "):
-        pytest.fail(f"no Docker Engine at DOCKER_HOST ({components.strip() or 'none'}): "
-                    "run through `make test-containers`")  # fmt: skip
+        pytest.fail(
+            f"no Docker Engine at DOCKER_HOST ({components.strip() or 'none'}): "
+            "run through `make test-containers`"
+        )
 
 
 class ComposeStack:
@@ -81,9 +83,17 @@ class ComposeStack:
 
     def compose(self, *args: str, check: bool = True, timeout: float = 900, **env: str) -> str:
         return docker(
-            "compose", "-p", PROJECT, "--env-file", str(self.env_file), *args,
-            check=check, timeout=timeout, cwd=REPO_DIR, env={**self.env, **env},
-        )  # fmt: skip
+            "compose",
+            "-p",
+            PROJECT,
+            "--env-file",
+            str(self.env_file),
+            *args,
+            check=check,
+            timeout=timeout,
+            cwd=REPO_DIR,
+            env={**self.env, **env},
+        )
 
     def wait_healthy(self) -> float:
         started = time.monotonic()
@@ -313,26 +323,43 @@ class Load:
 
     def summary(self) -> dict[str, float]:
         ordered = sorted(self.latencies)
-        return {"requests": self.count, "failed": len(self.failures),
-                "p50_ms": round(ordered[len(ordered) // 2] * 1000, 1),
-                "p99_ms": round(ordered[int(len(ordered) * 0.99)] * 1000, 1),
-                "max_ms": round(ordered[-1] * 1000, 1)}  # fmt: skip
+        return {
+            "requests": self.count,
+            "failed": len(self.failures),
+            "p50_ms": round(ordered[len(ordered) // 2] * 1000, 1),
+            "p99_ms": round(ordered[int(len(ordered) * 0.99)] * 1000, 1),
+            "max_ms": round(ordered[-1] * 1000, 1),
+        }
 
 
 def deploy(stack: ComposeStack) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [REPO_DIR / "deployments" / "compose" / "deploy", "--no-build"],
-        env={**stack.env, "COMPOSE_PROJECT_NAME": PROJECT,
-             "COMPOSE_ENV_FILES": str(stack.env_file)},
-        cwd=REPO_DIR, capture_output=True, text=True, timeout=900, check=False,
-    )  # fmt: skip
+        env={
+            **stack.env,
+            "COMPOSE_PROJECT_NAME": PROJECT,
+            "COMPOSE_ENV_FILES": str(stack.env_file),
+        },
+        cwd=REPO_DIR,
+        capture_output=True,
+        text=True,
+        timeout=900,
+        check=False,
+    )
 
 
 def tag_new_image(label: str, *instructions: str) -> str:
     """A new image under web's tag (what a deploy rolls out): web's image plus a label."""
     dockerfile = "\n".join(("FROM core-django:prod", f"LABEL test.deploy={label}", *instructions))
-    docker("build", "--quiet", "--tag", "core-django:prod", "-", input=dockerfile,
-           env={**compose_environ(), "DOCKER_BUILDKIT": "0"})  # fmt: skip
+    docker(
+        "build",
+        "--quiet",
+        "--tag",
+        "core-django:prod",
+        "-",
+        input=dockerfile,
+        env={**compose_environ(), "DOCKER_BUILDKIT": "0"},
+    )
     return inspect("core-django:prod", "{{.Id}}")
 
 
@@ -415,13 +442,25 @@ def test_lets_encrypt_issues_and_renews_through_nginx(prod_stack, tmp_path) -> N
     stack, _ = prod_stack
     stack.compose("up", "-d", "--build", "--wait", "pebble", "nginx", **PEBBLE)
     obtain = subprocess.run(
-        [REPO_DIR / "deployments" / "compose" / "certbot" / "obtain", "--server",
-         "https://pebble:14000/dir"],
-        env={**stack.env, **PEBBLE, "COMPOSE_PROJECT_NAME": PROJECT,
-             "COMPOSE_ENV_FILES": str(stack.env_file), "SERVER_NAME": NAME,
-             "LETSENCRYPT_EMAIL": "ops@example.test"},
-        cwd=REPO_DIR, capture_output=True, text=True, timeout=600, check=False,
-    )  # fmt: skip
+        [
+            REPO_DIR / "deployments" / "compose" / "certbot" / "obtain",
+            "--server",
+            "https://pebble:14000/dir",
+        ],
+        env={
+            **stack.env,
+            **PEBBLE,
+            "COMPOSE_PROJECT_NAME": PROJECT,
+            "COMPOSE_ENV_FILES": str(stack.env_file),
+            "SERVER_NAME": NAME,
+            "LETSENCRYPT_EMAIL": "ops@example.test",
+        },
+        cwd=REPO_DIR,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
     assert obtain.returncode == 0, obtain.stdout + obtain.stderr
     pebble_ca = stack.compose("exec", "-T", "pebble", "cat", "/pebble-ca/ca.pem", **PEBBLE)
     api_ca = ssl.create_default_context(cadata=pebble_ca)
@@ -431,26 +470,46 @@ def test_lets_encrypt_issues_and_renews_through_nginx(prod_stack, tmp_path) -> N
     assert "Pebble Intermediate" in first.issuer.rfc4514_string()
 
     with RequestsFlowing(f"https://localhost:{HTTPS_PORT}") as flow:
-        renew = ("run", "--rm", "--no-deps", "--entrypoint", "/deployments/compose/certbot/certify",
-                 "certbot", "renew", "--force-renewal", "--no-random-sleep-on-renew")  # fmt: skip
+        renew = (
+            "run",
+            "--rm",
+            "--no-deps",
+            "--entrypoint",
+            "/deployments/compose/certbot/certify",
+            "certbot",
+            "renew",
+            "--force-renewal",
+            "--no-random-sleep-on-renew",
+        )
         renewed = stack.compose(*renew, **PEBBLE)
         stack.compose("exec", "nginx", "/deployments/compose/nginx/reload", **PEBBLE)
         try:
-            second = wait_for_new_certificate(HTTPS_PORT, tmp_path / "root.pem",
-                                              previous=first.serial_number)  # fmt: skip
+            second = wait_for_new_certificate(
+                HTTPS_PORT, tmp_path / "root.pem", previous=first.serial_number
+            )
         except AssertionError as exc:
             raise AssertionError(f"{exc}; certbot said:\n{renewed}") from None
         time.sleep(1)
     assert flow.failures == [] and flow.count > 20, (flow.count, flow.failures[:3])
     assert flow.retried <= 1, flow.retried  # one reload closes this client's connection once
     assert "Pebble Intermediate" in second.issuer.rfc4514_string()
-    stack.timings["lets_encrypt"] = {"requests_during_renewal": flow.count, "failed": 0,
-                                     "retried_on_closed_keepalive": flow.retried,
-                                     "issuer": first.issuer.rfc4514_string()}  # fmt: skip
+    stack.timings["lets_encrypt"] = {
+        "requests_during_renewal": flow.count,
+        "failed": 0,
+        "retried_on_closed_keepalive": flow.retried,
+        "issuer": first.issuer.rfc4514_string(),
+    }
 
 
-MONITORED_BY = ("prometheus", "postgres_exporter", "pgbouncer_exporter", "redis_broker_exporter",
-                "redis_cache_exporter", "nginx_exporter", "node_exporter")  # fmt: skip
+MONITORED_BY = (
+    "prometheus",
+    "postgres_exporter",
+    "pgbouncer_exporter",
+    "redis_broker_exporter",
+    "redis_cache_exporter",
+    "nginx_exporter",
+    "node_exporter",
+)
 
 
 def test_monitoring_profile_scrapes_every_target(prod_stack) -> None:
@@ -464,9 +523,16 @@ def test_monitoring_profile_scrapes_every_target(prod_stack) -> None:
     started = time.monotonic()
     stack.compose(*monitoring, "build", *MONITORED_BY[:1], timeout=1800)
     stack.compose(
-        *monitoring, "up", "-d", "--wait", "--wait-timeout", "300", *MONITORED_BY,
-        PROMETHEUS_PUBLISH=str(PROMETHEUS_PORT), PROMETHEUS_SCRAPE_INTERVAL="2s",
-    )  # fmt: skip
+        *monitoring,
+        "up",
+        "-d",
+        "--wait",
+        "--wait-timeout",
+        "300",
+        *MONITORED_BY,
+        PROMETHEUS_PUBLISH=str(PROMETHEUS_PORT),
+        PROMETHEUS_SCRAPE_INTERVAL="2s",
+    )
     stack.timings["monitoring_up_s"] = round(time.monotonic() - started, 1)
     prometheus = Prometheus(f"http://127.0.0.1:{PROMETHEUS_PORT}")
     assert_every_target_reaches_its_server(prometheus, prometheus.target_health())
@@ -484,8 +550,11 @@ def test_monitoring_profile_scrapes_every_target(prod_stack) -> None:
             assert time.monotonic() < deadline, task.text
             time.sleep(2)
     # Only once a job has run (the native suite processes one and checks these too).
-    after_a_job = {"Run processing time (p50, p90)", "Runs finished per minute",
-                   "Audio processed (seconds of audio per second)"}  # fmt: skip
+    after_a_job = {
+        "Run processing time (p50, p90)",
+        "Runs finished per minute",
+        "Audio processed (seconds of audio per second)",
+    }
     deadline = time.monotonic() + 30
     while (missing := dashboard_metrics_missing(prometheus)).keys() - after_a_job:
         assert time.monotonic() < deadline, missing

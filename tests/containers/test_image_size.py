@@ -61,8 +61,18 @@ def build(target: str) -> str:
     # Through compose (BuildKit: the Dockerfile uses RUN --mount and COPY --chmod), which tags
     # the target core-django:<target>.
     env = {**compose_environ(), "COMPOSE_FILE": "docker-compose.yml", "DJANGO_IMAGE_TARGET": target}
-    docker("compose", "--project-name", "coreimage", "--env-file", ".env.prod.example", "build",
-           "release", cwd=REPO_DIR, env=env, timeout=1800)  # fmt: skip
+    docker(
+        "compose",
+        "--project-name",
+        "coreimage",
+        "--env-file",
+        ".env.prod.example",
+        "build",
+        "release",
+        cwd=REPO_DIR,
+        env=env,
+        timeout=1800,
+    )
     return f"core-django:{target}"
 
 
@@ -82,8 +92,9 @@ def test_django_image_size_is_under_its_limit(target: str) -> None:
 
 def test_the_prod_image_makes_every_rendition_format() -> None:
     tag = build("prod")
-    out = docker("run", "--rm", "--entrypoint", "python", tag, "-c", ENCODE_EVERY_FORMAT,
-                 timeout=300)  # fmt: skip
+    out = docker(
+        "run", "--rm", "--entrypoint", "python", tag, "-c", ENCODE_EVERY_FORMAT, timeout=300
+    )
     assert sorted(line.split()[0] for line in out.splitlines()) == sorted(
         ["mp3", "aac", "opus", "flac"]
     ), out

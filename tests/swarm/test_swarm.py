@@ -49,9 +49,14 @@ class Swarm:
     def deploy(self) -> str:
         script = REPO_DIR / "deployments" / "swarm" / "deploy"
         done = subprocess.run(
-            [script, STACK, "--env-file", str(self.env_file)], env=self.env, cwd=REPO_DIR,
-            capture_output=True, text=True, timeout=600, check=False,
-        )  # fmt: skip
+            [script, STACK, "--env-file", str(self.env_file)],
+            env=self.env,
+            cwd=REPO_DIR,
+            capture_output=True,
+            text=True,
+            timeout=600,
+            check=False,
+        )
         assert done.returncode == 0, done.stdout + done.stderr
         return done.stdout
 
@@ -61,8 +66,13 @@ class Swarm:
 
     def running(self, service: str) -> list[str]:
         """Containers of the service's running tasks (healthy ones, where it has a healthcheck)."""
-        out = docker("ps", "--filter", f"label=com.docker.swarm.service.name={STACK}_{service}",
-                     "--format", "{{.ID}} {{.Status}}")  # fmt: skip
+        out = docker(
+            "ps",
+            "--filter",
+            f"label=com.docker.swarm.service.name={STACK}_{service}",
+            "--format",
+            "{{.ID}} {{.Status}}",
+        )
         return [
             line.split()[0]
             for line in out.splitlines()
@@ -106,24 +116,43 @@ def swarm() -> Iterator[Swarm]:
     require_docker_engine()
     env_file, _ = write_env_file(
         "swarm.env",
-        NGINX_HTTP_PUBLISH=str(HTTP_PORT), NGINX_HTTPS_PUBLISH=str(HTTPS_PORT),
-        CSRF_TRUSTED_ORIGINS=f"https://localhost:{HTTPS_PORT}", WEB_REPLICAS="2",
-        WORKER_REPLICAS="2", CELERY_WORKER_CONCURRENCY="1", WEB_CONCURRENCY="2",
-    )  # fmt: skip
+        NGINX_HTTP_PUBLISH=str(HTTP_PORT),
+        NGINX_HTTPS_PUBLISH=str(HTTPS_PORT),
+        CSRF_TRUSTED_ORIGINS=f"https://localhost:{HTTPS_PORT}",
+        WEB_REPLICAS="2",
+        WORKER_REPLICAS="2",
+        CELERY_WORKER_CONCURRENCY="1",
+        WEB_CONCURRENCY="2",
+    )
     swarm = Swarm(env_file)
     leave_and_clean()  # what an interrupted run left, its database volume included
     docker("swarm", "init", "--advertise-addr", "127.0.0.1")
     try:
         started = time.monotonic()
-        docker("compose", "--env-file", str(env_file), "build", cwd=REPO_DIR, env=swarm.env,
-               timeout=1800)  # fmt: skip
+        docker(
+            "compose",
+            "--env-file",
+            str(env_file),
+            "build",
+            cwd=REPO_DIR,
+            env=swarm.env,
+            timeout=1800,
+        )
         swarm.timings["build_s"] = round(time.monotonic() - started, 1)
         started = time.monotonic()
         swarm.deploy()
-        for service, replicas in (("db", 1), ("pgbouncer", 1), ("redis_broker", 1),
-                                  ("redis_cache", 1), ("web", 2), ("events", 1),
-                                  ("celery_worker", 2), ("celery_beat", 1), ("flower", 1),
-                                  ("nginx", 1)):  # fmt: skip
+        for service, replicas in (
+            ("db", 1),
+            ("pgbouncer", 1),
+            ("redis_broker", 1),
+            ("redis_cache", 1),
+            ("web", 2),
+            ("events", 1),
+            ("celery_worker", 2),
+            ("celery_beat", 1),
+            ("flower", 1),
+            ("nginx", 1),
+        ):
             swarm.converge(service, replicas)
         swarm.timings["deploy_to_healthy_s"] = round(time.monotonic() - started, 1)
         yield swarm
@@ -147,9 +176,16 @@ def test_readyz_over_tls_and_secrets_are_files(swarm: Swarm) -> None:
     assert "SECRET_KEY_FILE=/run/secrets/secret_key" in env
     assert "\nSECRET_KEY=" not in env and "DATABASE_URL=" not in env.replace("_URL_FILE", "")
     assert swarm.exec("web", "ls", "/run/secrets").split() == sorted(
-        ["cache_url", "celery_broker_url", "celery_result_backend", "database_url",
-         "diagnostics_token", "email_url", "secret_key"]
-    )  # fmt: skip
+        [
+            "cache_url",
+            "celery_broker_url",
+            "celery_result_backend",
+            "database_url",
+            "diagnostics_token",
+            "email_url",
+            "secret_key",
+        ]
+    )
     # nginx's and PgBouncer's templates are Swarm configs (a change rolls out, no new image).
     fmt = "{{range .Spec.TaskTemplate.ContainerSpec.Configs}}{{.File.Name}} {{end}}"
     targets = docker("service", "inspect", f"{STACK}_nginx", "--format", fmt).split()
@@ -164,8 +200,13 @@ def verification_path(address: str) -> str:
     stdout reaches the JSON log through Celery's redirection), parsed as the MIME message it is."""
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
-        logs = subprocess.run(["docker", "service", "logs", "--raw", f"{STACK}_celery_worker"],
-                              capture_output=True, text=True, timeout=60, check=True)  # fmt: skip
+        logs = subprocess.run(
+            ["docker", "service", "logs", "--raw", f"{STACK}_celery_worker"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
+        )
         for line in (logs.stdout + logs.stderr).splitlines():  # log records go to stderr
             if line.startswith("{") and f"To: {address}" in line:
                 message = email.message_from_string(json.loads(line)["message"], policy=default)
@@ -180,9 +221,14 @@ def test_a_job_end_to_end_across_replicas(swarm: Swarm, tmp_path) -> None:
     the renditions downloaded through nginx (X-Accel-Redirect from the media volume they share)."""
     with swarm.client() as client:
         username = f"swarm-{int(time.time())}"
-        response = client.post("/api/auth/signup/", json={
-            "username": username, "email": f"{username}@example.com", "password": PASSWORD,
-        })  # fmt: skip
+        response = client.post(
+            "/api/auth/signup/",
+            json={
+                "username": username,
+                "email": f"{username}@example.com",
+                "password": PASSWORD,
+            },
+        )
         assert response.status_code == 201, response.text
         auth = {"Authorization": f"Token {response.json()['token']}"}
         assert client.get(verification_path(f"{username}@example.com")).status_code == 200
@@ -197,8 +243,11 @@ def test_a_job_end_to_end_across_replicas(swarm: Swarm, tmp_path) -> None:
             assert download.status_code == 200 and len(download.content) > 1000, rendition
     # nginx spread this user's API requests over both web replicas.
     logs = docker("service", "logs", "--raw", f"{STACK}_nginx").splitlines()
-    upstreams = {json.loads(line)["upstream"] for line in logs
-                 if line.startswith("{") and f"/api/jobs/{job['id']}/" in line}  # fmt: skip
+    upstreams = {
+        json.loads(line)["upstream"]
+        for line in logs
+        if line.startswith("{") and f"/api/jobs/{job['id']}/" in line
+    }
     assert len(upstreams) == 2, upstreams
 
 
@@ -207,12 +256,27 @@ def test_rolling_update_of_web_under_load_fails_no_request(swarm: Swarm) -> None
     first, healthy before the old one stops) while requests flow through nginx: none fails."""
     before = set(swarm.running("web"))
     dockerfile = "FROM core-django:prod\nLABEL test.swarm-update=1\n"
-    docker("build", "--quiet", "--tag", "core-django:swarm-update", "-", input=dockerfile,
-           env={**compose_environ(), "DOCKER_BUILDKIT": "0"})  # fmt: skip
+    docker(
+        "build",
+        "--quiet",
+        "--tag",
+        "core-django:swarm-update",
+        "-",
+        input=dockerfile,
+        env={**compose_environ(), "DOCKER_BUILDKIT": "0"},
+    )
     with Load(BASE_URL, swarm.tls()) as load:
         started = time.monotonic()
-        docker("service", "update", "--quiet", "--no-resolve-image", "--image",
-               "core-django:swarm-update", f"{STACK}_web", timeout=600)  # fmt: skip
+        docker(
+            "service",
+            "update",
+            "--quiet",
+            "--no-resolve-image",
+            "--image",
+            "core-django:swarm-update",
+            f"{STACK}_web",
+            timeout=600,
+        )
         update_s = time.monotonic() - started
         time.sleep(3)
     after = swarm.converge("web", 2)
@@ -232,8 +296,9 @@ def test_workers_scale_2_3_1(swarm: Swarm) -> None:
         swarm.converge("celery_worker", replicas)
         deadline = time.monotonic() + 60
         while True:
-            ping = swarm.exec("django_app", "celery", "-A", "core", "inspect", "ping", "--json",
-                              "--timeout", "3")  # fmt: skip
+            ping = swarm.exec(
+                "django_app", "celery", "-A", "core", "inspect", "ping", "--json", "--timeout", "3"
+            )
             answered = len(json.loads(ping.strip().splitlines()[-1]))
             if answered == replicas:
                 break
