@@ -17,7 +17,7 @@ SYSTEM_COMMANDS := postgres:postgresql pgbouncer:pgbouncer redis-server:redis-se
 	prometheus-node-exporter:prometheus-node-exporter
 TEST_COMMANDS := espeak-ng:espeak-ng chromium:chromium certbot:certbot pebble:pebble
 
-.PHONY: help up dev down restart reload letsencrypt ps logs test test-chaos test-containers test-swarm lint audit bench bench-tasks bench-startup bench-audio manage backup restore system-deps test-deps clean
+.PHONY: help up dev down restart reload letsencrypt ps logs test test-fast test-chaos test-containers test-swarm lint audit bench bench-tasks bench-startup bench-audio manage backup restore system-deps test-deps clean
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -80,6 +80,9 @@ test: test-deps .venv/.synced lint ## lint, then every suite but chaos, containe
 	.venv/bin/python -m pytest -m "not containers and not chaos and not swarm" \
 		--cov=app --cov-branch --cov-report=term:skip-covered --cov-report=json:test-artifacts/coverage.json \
 		--durations=15 $(PYTEST_ARGS)
+
+test-fast: test-deps .venv/.synced ## the inner loop: unit and database tests only (PostgreSQL, PgBouncer, Redis; no stack), no lint
+	TEST_TIER=fast .venv/bin/python -m pytest -m "not e2e and not containers and not chaos and not swarm" $(PYTEST_ARGS)
 
 test-chaos: test-deps .venv/.synced ## kill, restart and overload a native stack of its own (~8 min)
 	TEST_STACK=chaos .venv/bin/python -m pytest -m chaos tests/chaos $(PYTEST_ARGS)

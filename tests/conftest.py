@@ -137,10 +137,10 @@ class NativeStack:
         return {"X-Diagnostics-Token": self.env["DIAGNOSTICS_TOKEN"]}
 
 
-def _run_stack(command: str) -> subprocess.CompletedProcess[str]:
+def _run_stack(command: str, **env: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, str(STACK_SCRIPT), command],
-        env=STACK_ENV,
+        env={**STACK_ENV, **env},
         capture_output=True,
         text=True,
         timeout=600,
@@ -148,10 +148,17 @@ def _run_stack(command: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+# `make test-fast`: the unit and database tests only, on PostgreSQL and Redis alone.
+FAST = os.environ.get("TEST_TIER") == "fast"
+DB_SERVERS = "postgres,pgbouncer,redis_broker,redis_cache"
+
+
 @pytest.fixture(scope="session")
 def native_stack(smtp_sink: "SmtpSink") -> Iterator[NativeStack]:
     """The whole stack, started natively with `stack.py up` (what `make up` runs), its mail
     going to the test's SMTP sink."""
+    if FAST:
+        pytest.fail("this test needs the whole stack: mark it e2e (make test-fast skips those)")
     try:
         result = _run_stack("up")
         if result.returncode != 0:
@@ -167,7 +174,26 @@ def native_stack(smtp_sink: "SmtpSink") -> Iterator[NativeStack]:
 
 
 @pytest.fixture(scope="session")
-def django_db_setup(native_stack: NativeStack, django_db_setup: None) -> None:
+def db_servers() -> Iterator[None]:
+    """The test stack's PostgreSQL, PgBouncer and Redis only, by the same runner and in the same
+    state directory: what the database tests use (tasks run eagerly, mail stays in memory)."""
+    try:
+        result = _run_stack("up", STACK_SERVICES=DB_SERVERS)
+        if result.returncode != 0:
+            pytest.fail(f"stack.py up failed:\n{result.stdout}\n{result.stderr}")
+        yield
+    finally:
+        if not os.environ.get("KEEP_TEST_STACK"):
+            _run_stack("down", STACK_SERVICES=DB_SERVERS)
+
+
+@pytest.fixture(scope="session")
+def test_servers(request: pytest.FixtureRequest) -> object:
+    return request.getfixturevalue("db_servers" if FAST else "native_stack")
+
+
+@pytest.fixture(scope="session")
+def django_db_setup(test_servers: object, django_db_setup: None) -> None:
     """The Django test database lives on the test stack's PostgreSQL."""
 
 

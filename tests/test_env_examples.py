@@ -87,7 +87,11 @@ def read_variables() -> set[str]:
     settings = (REPO_DIR / "app" / "core" / "settings.py").read_text()
     names |= set(re.findall(r'env\.\w+\(\s*"([A-Z][A-Z0-9_]+)"', settings))
     for script in (REPO_DIR / "deployments" / "compose").rglob("*"):
-        if script.is_file() and script.suffix != ".conf" and script.name != "Dockerfile":
+        if (
+            script.is_file()
+            and script.suffix not in {".conf", ".pyc"}
+            and script.name != "Dockerfile"
+        ):
             text = script.read_text()
             names |= set(re.findall(r"\$\{([A-Z][A-Z0-9_]+)", text))
             names |= set(re.findall(r"environ\.get\(\s*\"([A-Z][A-Z0-9_]+)\"", text))

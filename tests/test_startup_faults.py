@@ -7,7 +7,6 @@ import time
 import pytest
 
 import stack
-from tests.conftest import NativeStack
 from tests.stack_env import REPO_DIR, STACK_ENV
 
 ENTRYPOINT = REPO_DIR / "deployments" / "compose" / "django" / "entrypoint"
@@ -45,12 +44,12 @@ def closed_port() -> int:
     ],
 )
 def test_entrypoint_gives_up_naming_the_dependency(
-    native_stack: NativeStack, variable: str, url: str, name: str
+    test_servers: object, variable: str, url: str, name: str
 ) -> None:
     port = closed_port()
     env = {
         **STACK_ENV,
-        **dependencies(native_stack.env),
+        **dependencies(STACK_ENV),
         variable: url.format(port=port),
         "WAIT_TIMEOUT": "3",
     }
@@ -66,8 +65,8 @@ def test_entrypoint_gives_up_naming_the_dependency(
     assert elapsed < 30
 
 
-def test_entrypoint_runs_the_command_when_dependencies_answer(native_stack: NativeStack) -> None:
-    result = run_entrypoint({**STACK_ENV, **dependencies(native_stack.env)})
+def test_entrypoint_runs_the_command_when_dependencies_answer(test_servers: object) -> None:
+    result = run_entrypoint({**STACK_ENV, **dependencies(STACK_ENV)})
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip().endswith("started")
 

@@ -19,6 +19,7 @@ from django.core.handlers.asgi import ASGIHandler
 from core.asgi import DjangoASGIHandler
 from tests.conftest import REPO_DIR, NativeStack
 from tests.ports import free_port
+from tests.stack_env import STACK_ENV
 
 GUNICORN_CONF = REPO_DIR / "deployments" / "compose" / "django" / "gunicorn.conf.py"
 
@@ -137,8 +138,8 @@ def test_both_server_configurations_serve_the_app(
     assert database.status_code == 200 and database.json()["migrations"] > 20
 
 
-def test_an_unknown_server_is_refused_by_name(native_stack: NativeStack) -> None:
-    env = {**native_stack.env, "WEB_PORT": str(free_port()), "WEB_SERVER": "wsgi2"}
+def test_an_unknown_server_is_refused_by_name() -> None:
+    env = {**STACK_ENV, "WEB_PORT": str(free_port()), "WEB_SERVER": "wsgi2"}
     process = start_server(env)
     output = process.communicate(timeout=60)[0].decode()
     assert process.returncode != 0

@@ -321,6 +321,8 @@ def services_for(env: dict[str, str]) -> list[Service]:
         services = [DEV_SERVICES.get(s.name, s) for s in services] + [MAIL_SINK]
     if env.get("MONITORING") == "1":
         services += [s for s in MONITORING_SERVICES if s.name[: -len("_exporter")] not in skip]
+    if only := {name for name in env.get("STACK_SERVICES", "").split(",") if name}:
+        services = [s for s in services if s.name in only]  # a subset (make test-fast)
     return services
 
 
