@@ -120,15 +120,7 @@ def test_a_click_train_is_too_dynamic_and_the_rendition_says_so(tmp_path) -> Non
     samples[:: signals.RATE] = 0.99
     source = signals.write(tmp_path / "clicks.wav", samples)
     analysis = media.analyse(source, LIMITS)
-    rendition = encode.render(
-        source,
-        analysis,
-        encode.FORMATS["mp3"],
-        tmp_path / "out.mp3",
-        target_lufs=-16,
-        ceiling_dbtp=-1,
-        limits=LIMITS,
-    )
+    rendition = render_mp3(source, analysis, tmp_path / "out.mp3")
     assert not rendition.within_target, rendition
     assert "too dynamic" in rendition.note, rendition.note
     assert rendition.loudness.integrated_lufs < -17, rendition.loudness
@@ -223,15 +215,7 @@ def test_silence_is_not_normalised_and_says_why(tmp_path) -> None:
     source = signals.write(tmp_path / "silence.wav", np.zeros((48_000 * 3, 2)))
     analysis = media.analyse(source, LIMITS)
     assert analysis.loudness.integrated_lufs is None
-    rendition = encode.render(
-        source,
-        analysis,
-        encode.FORMATS["mp3"],
-        tmp_path / "out.mp3",
-        target_lufs=-16,
-        ceiling_dbtp=-1,
-        limits=LIMITS,
-    )
+    rendition = render_mp3(source, analysis, tmp_path / "out.mp3")
     assert not rendition.within_target
     assert "silent" in rendition.note
 
@@ -253,11 +237,16 @@ def test_tags_are_sanitised(tmp_path) -> None:
 def render_podcast_mp3(tmp_path, seconds: float, limits: media.Limits) -> encode.Rendition:
     source = signals.write(tmp_path / "long.wav", signals.program(seconds))
     analysis = media.analyse(source, LIMITS, waveform=False)
+    return render_mp3(source, analysis, tmp_path / "out" / "r.mp3", limits)
+
+
+def render_mp3(source, analysis, dest, limits: media.Limits = LIMITS) -> encode.Rendition:
+    """An MP3 at the podcast preset's target (-16 LUFS) and ceiling (-1 dBTP)."""
     return encode.render(
         source,
         analysis,
         encode.FORMATS["mp3"],
-        tmp_path / "out" / "r.mp3",
+        dest,
         target_lufs=-16,
         ceiling_dbtp=-1,
         limits=limits,
