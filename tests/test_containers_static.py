@@ -10,13 +10,16 @@ import pytest
 import yaml
 
 import stack
-from tests.stack_env import REPO_DIR
+from tests.stack_env import REPO_DIR, STACK_ENV
 
 COMPOSE_BIN = (
     REPO_DIR / ".venv" / "lib" / "python3.13" / "site-packages" / "compose" / "docker-compose"
 )
 DOCKERFILES = sorted((REPO_DIR / "deployments" / "compose").glob("*/Dockerfile"))
 SCRIPT_PREFIX = "/deployments/compose/"
+# The native runner's programs in production (the test stack's env), but make dev's mail sink:
+# compose's development stack has Mailpit instead.
+NATIVE_SERVICES = [s for s in stack.all_services(STACK_ENV) if s.name != "mail"]
 
 
 def compose(env_file: str, *args: str, files: tuple[str, ...] = ()) -> subprocess.CompletedProcess:
@@ -98,7 +101,7 @@ def test_containers_and_native_runner_run_the_same_scripts() -> None:
     for script in in_containers:
         assert (compose_root / script).is_file(), f"compose runs missing {script}"
     native: set[str] = set()
-    for service in (*stack.SERVICES, *stack.MONITORING_SERVICES):
+    for service in NATIVE_SERVICES:
         for word in (*service.command, *service.healthcheck):
             if word.startswith(str(compose_root)):
                 native.add(str(Path(word).relative_to(compose_root)))
@@ -107,12 +110,13 @@ def test_containers_and_native_runner_run_the_same_scripts() -> None:
     assert native - in_containers == {"postgres/start"}
 
 
-def test_both_runners_stop_each_service_the_same_way() -> None:
-    """One stop signal and grace per service: the native table (stack.py) equals compose's
-    stop_signal (else its image's STOPSIGNAL, else SIGTERM) and stop_grace_period."""
+def test_both_runners_check_and_stop_each_service_the_same_way() -> None:
+    """One healthcheck, stop signal and grace per service: each program of the native runner's
+    supervisord.conf has compose's healthcheck test (the same script and arguments), its
+    stop_signal (else its image's STOPSIGNAL, else SIGTERM) and its stop_grace_period."""
     services = resolved(".env.prod.example", ("docker-compose.yml",), "monitoring")["services"]
     compared = []
-    for native in (*stack.SERVICES, *stack.MONITORING_SERVICES):
+    for native in NATIVE_SERVICES:
         name = {"postgres": "db"}.get(native.name, native.name)
         service = services[name]
         signal = service.get("stop_signal")
@@ -128,8 +132,12 @@ def test_both_runners_stop_each_service_the_same_way() -> None:
         assert grace.endswith("s") and grace[:-1].isdigit(), (name, grace)
         compose = (signal or "SIGTERM", int(grace[:-1]))
         assert compose == (f"SIG{native.stop_signal}", native.stop_wait), native.name
+        kind, script, *args = service["healthcheck"]["test"]
+        assert kind == "CMD" and script.startswith(SCRIPT_PREFIX), (name, script)
+        in_repo = str(REPO_DIR / "deployments" / "compose" / script[len(SCRIPT_PREFIX) :])
+        assert native.healthcheck == (in_repo, *args), native.name
         compared.append(native.name)
-    assert len(compared) == len(stack.SERVICES) + len(stack.MONITORING_SERVICES) == 18
+    assert len(compared) == len(NATIVE_SERVICES) == 18
 
 
 def test_the_seed_container_name_is_the_console_and_web_scales() -> None:

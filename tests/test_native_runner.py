@@ -38,3 +38,26 @@ def test_the_configuration_hash_follows_the_stacks_variables_only(tmp_path) -> N
     for changed in ({"NGINX_HTTPS_PORT": "9443"}, {"STACK_MODE": "dev"}, {"MONITORING": "1"}):
         assert stack._env_hash({**env, **changed}, "conf") != same, changed
     assert stack._env_hash(env, "other conf") != same
+
+
+def test_supervisord_conf_is_the_table_of_services() -> None:
+    """supervisord.conf names every program the runner starts, with the stack's paths and users
+    filled in from the environment; make dev swaps the Django start scripts, not the programs."""
+    env = {**stack.load_env(), "STACK_MODE": "production", "MONITORING": "1"}
+    names = [s.name for s in stack.services_for(env)]
+    assert names[:4] == ["postgres", "pgbouncer", "redis_broker", "redis_cache"]
+    assert "mail" not in names and "node_exporter" in names
+    web = next(s for s in stack.services_for(env) if s.name == "web")
+    assert web.command == (
+        stack.DJANGO_ENTRYPOINT,
+        f"{stack.REPO_DIR}/deployments/compose/django/start",
+    )
+    dev = {**env, "STACK_MODE": "dev", "MONITORING": "0", "DJANGO_START": "start-dev"}
+    names = [s.name for s in stack.services_for(dev)]
+    assert "mail" in names and "prometheus" not in names
+    for service in stack.services_for(dev):
+        scripts = [w for w in (*service.command, *service.healthcheck) if w.startswith("/")]
+        if service.name in ("web", "events", "celery_worker"):
+            assert service.command[-1].endswith("/start-dev"), service.name
+        for script in scripts:
+            assert os.access(script, os.X_OK), (service.name, script)

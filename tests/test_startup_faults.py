@@ -80,13 +80,13 @@ def test_a_taken_port_is_named() -> None:
         with pytest.raises(
             stack.StackError, match=f"port {port} \\(NGINX_HTTPS_PORT, for nginx\\)"
         ):
-            stack.check_ports(env, [s for s in stack.SERVICES if s.name == "nginx"])
+            stack.check_ports(env, [s for s in stack.all_services(env) if s.name == "nginx"])
 
 
 def test_a_non_numeric_port_is_named() -> None:
     env = {**STACK_ENV, "WEB_PORT": "eighty"}
     with pytest.raises(stack.StackError, match="WEB_PORT='eighty' is not a port number"):
-        stack.check_ports(env, list(stack.SERVICES))
+        stack.check_ports(env, stack.all_services(env))
 
 
 def test_an_undefined_reference_in_env_files_is_named() -> None:

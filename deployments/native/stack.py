@@ -12,6 +12,7 @@ State (database cluster, Redis data, certificates, logs, generated secrets) live
 from __future__ import annotations
 
 import argparse
+import configparser
 import hashlib
 import os
 import pwd
@@ -23,16 +24,19 @@ import socket
 import subprocess
 import sys
 import time
+import xmlrpc.client
 from dataclasses import dataclass
 from pathlib import Path
 
 from dotenv import dotenv_values
+from supervisor.xmlrpc import Faults, SupervisorTransport
 
 REPO_DIR = Path(__file__).resolve().parents[2]
-COMPOSE_DIR = REPO_DIR / "deployments" / "compose"
-DEFAULTS_FILE = Path(__file__).resolve().parent / "defaults.env"
-# `make dev` (STACK_MODE=dev): development settings over the defaults.
-DEV_FILE = Path(__file__).resolve().parent / "dev.env"
+HERE = Path(__file__).resolve().parent
+CONF_FILE = HERE / "supervisord.conf"  # the services: commands, users, stops, healthchecks
+DEFAULTS_FILE = HERE / "defaults.env"
+DEV_FILE = HERE / "dev.env"  # `make dev` (STACK_MODE=dev): development settings over the defaults
+DJANGO_ENTRYPOINT = str(REPO_DIR / "deployments" / "compose" / "django" / "entrypoint")
 GENERATED_SECRETS = (
     "SECRET_KEY",
     "POSTGRES_PASSWORD",
@@ -52,111 +56,46 @@ class StackError(Exception):
 
 @dataclass(frozen=True)
 class Service:
+    """A program of supervisord.conf, with what stack.py reads of it."""
+
     name: str
     command: tuple[str, ...]
     healthcheck: tuple[str, ...]
-    ports: tuple[str, ...] = ()  # env variables naming the ports it listens on
-    # Started as root, every service drops to an account: postgres (initdb, postgres and
-    # pgbouncer refuse root) or the stack's own unprivileged user (STACK_USER).
-    as_postgres: bool = False
-    # How it stops: docker-compose.yml's stop_signal (or its image's) and stop_grace_period, the
-    # same for both runners (tests/test_containers_static.py compares them).
-    stop_signal: str = "TERM"
-    stop_wait: int = 30
+    ports: tuple[str, ...] = ()  # the variables naming the ports it listens on
     start_timeout: int = 60
-    environment: tuple[tuple[str, str], ...] = ()  # on top of the stack's, for this one only
+    stop_signal: str = "TERM"
+    stop_wait: int = 10
 
 
-def _script(*parts: str) -> str:
-    return str(COMPOSE_DIR.joinpath(*parts))
+def all_services(env: dict[str, str]) -> list[Service]:
+    """Every program of supervisord.conf, in start order, its values expanded with env."""
+    parser = configparser.RawConfigParser()
+    parser.read_string(CONF_FILE.read_text())
+    programs = []
+    for section in parser.sections():
+        if not section.startswith("program:"):
+            continue
+        name = section.split(":", 1)[1]
 
+        def value(key: str, default: str = "", name: str = name, section: str = section) -> str:
+            raw = parser.get(section, key, fallback=default)
+            expansions = {**{f"ENV_{k}": v for k, v in env.items()}, "program_name": name}
+            try:
+                return re.sub(r"%\((\w+)\)s", lambda m: expansions[m.group(1)], raw)
+            except KeyError as missing:
+                raise StackError(f"{CONF_FILE.name} [{section}] needs {missing}") from None
 
-ENTRYPOINT = _script("django", "entrypoint")
-SERVICES = (
-    Service(
-        "postgres",
-        (_script("postgres", "start"),),
-        (_script("postgres", "healthcheck"),),
-        ports=("POSTGRES_PORT",),
-        as_postgres=True,
-        stop_signal="INT",  # fast shutdown
-    ),
-    Service(
-        "pgbouncer",
-        (_script("pgbouncer", "start"),),
-        (_script("pgbouncer", "healthcheck"),),
-        ports=("PGBOUNCER_PORT",),
-        as_postgres=True,
-        stop_signal="INT",  # SIGTERM waits for every client to leave (PgBouncer >= 1.23)
-        stop_wait=15,
-    ),
-    Service(
-        "redis_broker",
-        (_script("redis", "start"), "broker"),
-        (_script("redis", "healthcheck"), "broker"),
-        ports=("REDIS_BROKER_PORT",),
-        stop_wait=10,
-    ),
-    Service(
-        "redis_cache",
-        (_script("redis", "start"), "cache"),
-        (_script("redis", "healthcheck"), "cache"),
-        ports=("REDIS_CACHE_PORT",),
-        stop_wait=10,
-    ),
-    Service(
-        "web",
-        (ENTRYPOINT, _script("django", "start")),
-        (_script("django", "healthcheck"),),
-        ports=("WEB_PORT",),
-        stop_wait=30,  # above gunicorn's graceful_timeout (25 s)
-        start_timeout=180,
-        environment=(("WAIT_DATABASE", "direct"),),  # its start runs the release step
-    ),
-    Service(
-        "events",
-        (ENTRYPOINT, _script("django", "events", "start")),
-        (_script("django", "events", "healthcheck"),),
-        ports=("EVENTS_PORT",),
-        stop_wait=30,  # above gunicorn's graceful_timeout (25 s)
-        start_timeout=180,
-    ),
-    Service(
-        "celery_worker",
-        (ENTRYPOINT, _script("django", "celery", "worker", "start")),
-        (_script("django", "celery", "worker", "healthcheck"),),
-        start_timeout=120,
-    ),
-    Service(
-        "celery_beat",
-        (ENTRYPOINT, _script("django", "celery", "beat", "start")),
-        (_script("django", "celery", "beat", "healthcheck"),),
-        stop_wait=20,
-        start_timeout=120,
-    ),
-    Service(
-        "flower",
-        (ENTRYPOINT, _script("django", "celery", "flower", "start")),
-        (_script("django", "celery", "flower", "healthcheck"),),
-        ports=("FLOWER_PORT",),
-        stop_wait=20,
-        start_timeout=120,
-    ),
-    Service(
-        "nginx",
-        (_script("nginx", "start"),),
-        (_script("nginx", "healthcheck"),),
-        ports=("NGINX_HTTP_PORT", "NGINX_HTTPS_PORT"),
-        stop_signal="QUIT",  # graceful
-        stop_wait=15,
-    ),
-    Service(
-        "backup",  # pg_dump + media archive every BACKUP_INTERVAL into BACKUP_DIR
-        (_script("backup", "schedule"),),
-        (_script("backup", "healthcheck"),),
-        stop_wait=10,
-    ),
-)
+        service = Service(
+            name,
+            tuple(shlex.split(value("command"))),
+            tuple(shlex.split(value("health_check"))),
+            ports=tuple(value("ports").split()),
+            start_timeout=int(value("health_timeout", "60")),
+            stop_signal=value("stopsignal", "TERM"),
+            stop_wait=int(value("stopwaitsecs", "10")),
+        )
+        programs.append((int(value("priority", "999")), service))
+    return [service for _, service in sorted(programs, key=lambda item: item[0])]
 
 
 # --- environment ---------------------------------------------------------------------------
@@ -220,6 +159,13 @@ def load_env() -> dict[str, str]:
         [str(REPO_DIR / ".venv" / "bin"), _postgres_bindir(), env["PATH"]]
     )
     env["STACK_EXTERNAL_DATABASE"] = "1" if "DATABASE_URL" in user_set else ""
+    # The accounts supervisord runs the programs as (supervisord.conf's `user`): only root can
+    # switch, so anyone else runs every program as themselves.
+    if os.geteuid() == 0:
+        env.setdefault("STACK_USER", "core")
+        env["STACK_POSTGRES_USER"] = "postgres"  # initdb, postgres and pgbouncer refuse root
+    else:
+        env["STACK_USER"] = env["STACK_POSTGRES_USER"] = pwd.getpwuid(os.geteuid()).pw_name
     env["STACK_ENV_LOADED"] = str(state)
     return env
 
@@ -243,84 +189,23 @@ def _postgres_bindir() -> str:
     return str(candidates[0]) if candidates else ""
 
 
-# Development (`make dev`): web under `uvicorn --reload`, the worker restarted by watchfiles when
-# code changes, and a mail sink keeping every message in STACK_DIR/mail (a Maildir).
-DEV_SERVICES = {
-    "web": Service(
-        "web",
-        (ENTRYPOINT, _script("django", "start-dev")),
-        (_script("django", "healthcheck"),),
-        ports=("WEB_PORT",),
-        start_timeout=180,
-        environment=(("WAIT_DATABASE", "direct"),),
-    ),
-    "events": Service(
-        "events",
-        (ENTRYPOINT, _script("django", "events", "start-dev")),
-        (_script("django", "events", "healthcheck"),),
-        ports=("EVENTS_PORT",),
-        start_timeout=180,
-    ),
-    "celery_worker": Service(
-        "celery_worker",
-        (
-            ENTRYPOINT,
-            "watchfiles",
-            "--filter",
-            "python",
-            "--target-type",
-            "command",
-            _script("django", "celery", "worker", "start"),
-            ".",
-        ),
-        (_script("django", "celery", "worker", "healthcheck"),),
-        start_timeout=120,
-    ),
-}
-# `make up MONITORING=1`: Prometheus (with the alert rules) and an exporter per server, all from
-# Debian's packages, run by the same scripts as compose's `monitoring` profile.
-_MONITOR = COMPOSE_DIR / "monitoring"
-MONITORING_SERVICES = [
-    Service(
-        "prometheus",
-        (str(_MONITOR / "prometheus"),),
-        (str(_MONITOR / "prometheus"), "check"),
-        ports=("PROMETHEUS_PORT",),
-        stop_wait=10,
-    ),
-    *(
-        Service(
-            f"{kind}_exporter",
-            (str(_MONITOR / "exporter"), kind),
-            (str(_MONITOR / "exporter"), kind, "check"),
-            ports=(f"{kind.upper()}_EXPORTER_PORT",),
-            stop_wait=10,
-        )
-        for kind in ("postgres", "pgbouncer", "redis_broker", "redis_cache", "nginx", "node")
-    ),
-]
-MAIL_SINK = Service(
-    "mail",
-    (str(Path(__file__).resolve().parent / "mail-sink"),),
-    (str(Path(__file__).resolve().parent / "mail-sink"), "check"),
-    ports=("MAIL_PORT",),
-    stop_wait=5,
-)
-
-
 def services_for(env: dict[str, str]) -> list[Service]:
-    """Skip the local database when the settings point at an external one; in development,
-    the reloading web and worker and the mail sink."""
+    """The programs this run starts: no local database when the settings point at an external
+    one, the mail sink in development only, Prometheus and the exporters with MONITORING=1."""
     skip = set()
     if env.get("STACK_EXTERNAL_DATABASE"):
         skip |= {"postgres", "pgbouncer"}
     elif env.get("POSTGRES_HOST", "127.0.0.1") not in LOOPBACK:
         skip.add("postgres")
-    services = [s for s in SERVICES if s.name not in skip]
-    if env.get("STACK_MODE") == "dev":
-        services = [DEV_SERVICES.get(s.name, s) for s in services] + [MAIL_SINK]
-    if env.get("MONITORING") == "1":
-        services += [s for s in MONITORING_SERVICES if s.name[: -len("_exporter")] not in skip]
+    if env.get("STACK_MODE") != "dev":
+        skip.add("mail")
+    monitoring = env.get("MONITORING") == "1"
+    services = [
+        s
+        for s in all_services(env)
+        if s.name.removesuffix("_exporter") not in skip
+        and (monitoring or not (s.name == "prometheus" or s.name.endswith("_exporter")))
+    ]
     if only := {name for name in env.get("STACK_SERVICES", "").split(",") if name}:
         services = [s for s in services if s.name in only]  # a subset (make test-fast)
     return services
@@ -335,7 +220,6 @@ def _paths(env: dict[str, str]) -> dict[str, Path]:
         "state": state,
         "log": state / "log",
         "run": state / "run",
-        "conf": state / "supervisord.conf",
         "pid": state / "run" / "supervisord.pid",
         "sock": state / "run" / "supervisor.sock",
         "envhash": state / "run" / "env.sha256",
@@ -345,10 +229,6 @@ def _paths(env: dict[str, str]) -> dict[str, Path]:
 
 def _is_root() -> bool:
     return os.geteuid() == 0
-
-
-def _stack_user(env: dict[str, str]) -> str:
-    return env.get("STACK_USER", "core")
 
 
 def _ensure_stack_user(name: str) -> pwd.struct_passwd:
@@ -378,56 +258,9 @@ def _chown_tree(directory: Path, account: pwd.struct_passwd) -> None:
             os.chown(item, account.pw_uid, account.pw_gid, follow_symlinks=False)
 
 
-def render_supervisord_conf(env: dict[str, str], services: list[Service]) -> str:
-    p = _paths(env)
-    lines = [
-        "; Generated by deployments/native/stack.py; edit that file, not this one.",
-        "[unix_http_server]",
-        f"file={p['sock']}",
-        "chmod=0700",
-        "[supervisord]",
-        f"logfile={p['log'] / 'supervisord.log'}",
-        f"pidfile={p['pid']}",
-        f"childlogdir={p['log']}",
-        f"directory={REPO_DIR}",
-        "logfile_maxbytes=10MB",
-        "[rpcinterface:supervisor]",
-        "supervisor.rpcinterface_factory = supervisor.rpcinterface:make_main_rpcinterface",
-        "[supervisorctl]",
-        f"serverurl=unix://{p['sock']}",
-    ]
-    for priority, service in enumerate(services, start=1):
-        command = " ".join(shlex.quote(part) for part in service.command).replace("%", "%%")
-        lines += [
-            f"[program:{service.name}]",
-            f"command={command}",
-            f"directory={env['APP_DIR']}",
-            f"priority={priority * 10}",
-            "autostart=true",
-            "autorestart=true",
-            "startsecs=1",
-            "startretries=10",
-            f"stopsignal={service.stop_signal}",
-            f"stopwaitsecs={service.stop_wait}",
-            "stopasgroup=true",
-            "killasgroup=true",
-            "redirect_stderr=true",
-            f"stdout_logfile={p['log'] / (service.name + '.log')}",
-            "stdout_logfile_maxbytes=20MB",
-            "stdout_logfile_backups=3",
-        ]
-        if _is_root():
-            lines.append(f"user={'postgres' if service.as_postgres else _stack_user(env)}")
-        if service.environment:
-            pairs = ",".join(f'{key}="{value}"' for key, value in service.environment)
-            lines.append(f"environment={pairs}")
-    return "\n".join(lines) + "\n"
-
-
 def _supervisorctl(env: dict[str, str], *args: str, check: bool = True) -> str:
-    conf = _paths(env)["conf"]
     result = subprocess.run(
-        [str(REPO_DIR / ".venv" / "bin" / "supervisorctl"), "-c", str(conf), *args],
+        [str(REPO_DIR / ".venv" / "bin" / "supervisorctl"), "-c", str(CONF_FILE), *args],
         env=env,
         capture_output=True,
         text=True,
@@ -536,7 +369,7 @@ def prepare_dirs(env: dict[str, str], services: list[Service]) -> None:
         _make_traversable(Path(os.path.realpath(REPO_DIR / ".venv" / "bin" / "python")).parent)
         for directory in postgres_dirs:
             _chown_tree(directory, pwd.getpwnam("postgres"))
-        user = _ensure_stack_user(_stack_user(env))
+        user = _ensure_stack_user(env["STACK_USER"])
         for directory in set(stack_dirs):
             if directory.is_relative_to(state):  # never someone else's files (e.g. /etc)
                 _chown_tree(directory, user)
@@ -613,11 +446,32 @@ def wait_healthy(env: dict[str, str], services: list[Service], since: float) -> 
             time.sleep(0.5)
 
 
+def _start(env: dict[str, str], services: list[Service]) -> None:
+    """Start the programs (autostart is off in supervisord.conf), without waiting on each:
+    wait_healthy judges them."""
+    sock = f"unix://{_paths(env)['sock']}"
+    rpc = xmlrpc.client.ServerProxy("http://localhost", SupervisorTransport(None, None, sock))
+    deadline = time.monotonic() + 30
+    while True:  # supervisord daemonizes before its socket listens
+        try:
+            rpc.supervisor.getState()
+            break
+        except OSError:
+            if time.monotonic() > deadline:
+                raise StackError(f"supervisord does not answer on {sock}") from None
+            time.sleep(0.1)
+    for service in services:
+        try:
+            rpc.supervisor.startProcess(service.name, False)
+        except xmlrpc.client.Fault as fault:
+            if fault.faultCode != Faults.ALREADY_STARTED:
+                raise StackError(f"supervisord cannot start {service.name}: {fault}") from None
+
+
 def up(env: dict[str, str]) -> None:
     services = services_for(env)
     p = _paths(env)
-    conf = render_supervisord_conf(env, services)
-    wanted = _env_hash(env, conf)
+    wanted = _env_hash(env, CONF_FILE.read_text())
     running = supervisord_pid(env)
     if running and p["envhash"].exists() and p["envhash"].read_text() != wanted:
         print("Configuration changed: restarting the stack")
@@ -632,18 +486,14 @@ def up(env: dict[str, str]) -> None:
         stale = p["codehash"].exists() and p["codehash"].read_text() != code
         if stale and env["STACK_MODE"] != "dev":  # make dev reloads by itself
             print("Application code changed: restarting the Django services")
-            django = [s.name for s in services if s.command[0] == ENTRYPOINT]
+            django = [s.name for s in services if s.command[0] == DJANGO_ENTRYPOINT]
             _supervisorctl(env, "restart", *django)
-        _supervisorctl(env, "start", "all")
     else:
         check_ports(env, services)
-        p["conf"].write_text(conf)
         p["envhash"].write_text(wanted)
-        subprocess.run(
-            [str(REPO_DIR / ".venv" / "bin" / "supervisord"), "-c", str(p["conf"])],
-            env=env,
-            check=True,
-        )
+        supervisord = str(REPO_DIR / ".venv" / "bin" / "supervisord")
+        subprocess.run([supervisord, "-c", str(CONF_FILE)], env=env, check=True)
+    _start(env, services)
     print(f"Waiting for {len(services)} services (logs in {p['log']})")
     p["codehash"].write_text(code)
     wait_healthy(env, services, started)
@@ -717,9 +567,7 @@ def main(argv: list[str] | None = None) -> int:
     reload_parser = sub.add_parser(
         "reload", help="reload services without dropping requests: web and events (Gunicorn), nginx"
     )
-    reload_parser.add_argument(
-        "services", nargs="*", default=["web", "events"], choices=["web", "events", "nginx"]
-    )
+    reload_parser.add_argument("services", nargs="*", choices=["web", "events", "nginx"])
     logs_parser = sub.add_parser("logs", help="follow the logs")
     logs_parser.add_argument("services", nargs="*")
     run_parser = sub.add_parser("run", help="run a command with the stack's environment")
@@ -738,7 +586,8 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "ps":
             return ps(env)
         elif args.command == "reload":  # each reloads gracefully on SIGHUP
-            print(_supervisorctl(env, "signal", "HUP", *args.services).strip())
+            names = args.services or ["web", "events"]
+            print(_supervisorctl(env, "signal", "HUP", *names).strip())
         elif args.command == "logs":
             logs(env, args.services)
         elif args.command == "run":
