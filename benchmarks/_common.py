@@ -81,8 +81,8 @@ def load_average() -> list[float]:
     return [round(x, 2) for x in os.getloadavg()]
 
 
-def median(values: list[float]) -> float | None:
-    return round(statistics.median(values), 2) if values else None
+def median(values: list[float], digits: int = 2) -> float | None:
+    return round(statistics.median(values), digits) if values else None
 
 
 @dataclass
@@ -148,3 +148,21 @@ def write_results(name: str, payload: dict[str, Any], markdown: str) -> list[Pat
     paths[0].write_text(json.dumps(payload, indent=2) + "\n")
     paths[1].write_text(markdown + "\n")
     return paths
+
+
+def pyplot() -> Any:
+    """matplotlib.pyplot on its file-only backend (matplotlib: the `bench` dependency group)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def save_plot(name: str, figure: Any) -> Path:
+    """The plot next to the benchmark's latest result: results/name.png."""
+    path = RESULTS_DIR / f"{name}.png"
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    return path

@@ -41,15 +41,16 @@ from pathlib import Path
 import psycopg
 from _common import (
     REPO_DIR,
-    RESULTS_DIR,
     STACK_SCRIPT,
     BenchError,
     base_environ,
     git_commit,
     load_average,
     median,
+    pyplot,
     run_stack,
     run_wrk,
+    save_plot,
     stack_env,
     stack_python,
     write_results,
@@ -368,12 +369,8 @@ def markdown(payload: dict) -> str:
     return "\n".join(lines)
 
 
-def plot(payload: dict, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+def plot(payload: dict) -> Path:
+    plt = pyplot()
     medians = payload["summary"]["medians"]
     names = list(medians)
     fig, (left, right) = plt.subplots(1, 2, figsize=(14, 6))
@@ -392,8 +389,7 @@ def plot(payload: dict, path: Path) -> None:
         f"web tier, {payload['options']['rounds']} alternating rounds, "
         f"load average {payload['load_average_before']}"
     )
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    return save_plot("web", fig)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -425,7 +421,7 @@ def main(argv: list[str] | None = None) -> int:
         "summary": summarize(result),
     }
     paths = write_results("web", payload, markdown(payload))
-    plot(payload, RESULTS_DIR / "web.png")
+    plot(payload)
     print(paths[1].read_text())
     return 0
 

@@ -1,5 +1,8 @@
-"""Test audio made on the spot: numpy signals (and espeak-ng speech) encoded with PyAV."""
+"""Test audio made on the spot (the tests' and the audio benchmark's): numpy signals and espeak-ng
+speech, encoded with PyAV."""
 
+import itertools
+import math
 import shutil
 import subprocess
 from pathlib import Path
@@ -98,3 +101,23 @@ def write(
         for packet in stream.encode(None):
             container.mux(packet)
     return dest
+
+
+def long_program(seconds: float, block_s: float = 12.0) -> np.ndarray:
+    """program() blocks, each with noise of its own (seeds 1, 2, ...), cut to `seconds`."""
+    blocks = [program(block_s, seed=seed) for seed in range(1, math.ceil(seconds / block_s) + 1)]
+    return np.concatenate(blocks)[: int(seconds * RATE)]
+
+
+def long_speech(seconds: float, workdir: Path, pause_s: float = 0.4) -> tuple[np.ndarray, int]:
+    """The SPEECH_TEXTS spoken in turn with short pauses, until at least `seconds` long: the
+    samples (mono) and their rate (espeak-ng's)."""
+    clips = []
+    for index, text in enumerate(SPEECH_TEXTS):
+        with av.open(str(speech(text, workdir / f"speech-{index}.wav"))) as wav:
+            rate, frames = wav.streams.audio[0].rate, wav.decode(audio=0)
+            clips.append(np.concatenate([f.to_ndarray().reshape(-1, 1) for f in frames]) / 32768)
+    parts, pause, turns = [], np.zeros((int(pause_s * rate), 1)), itertools.cycle(clips)
+    while sum(map(len, parts)) < seconds * rate:
+        parts += [next(turns), pause]
+    return np.concatenate(parts), rate

@@ -9,7 +9,7 @@ import psycopg
 import pytest
 import redis
 
-from tests.audio import signals
+from testing import signals
 from tests.conftest import PASSWORD, NativeStack
 
 pytestmark = pytest.mark.e2e

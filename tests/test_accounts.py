@@ -20,7 +20,7 @@ from accounts.models import EmailAddress
 from accounts.throttles import SignupGlobalThrottle, SignupThrottle
 from audio.models import Job
 from core.celery import app as celery_app
-from tests.audio import signals
+from testing import signals
 from tests.audio.conftest import make_user
 
 pytestmark = pytest.mark.django_db(transaction=True)

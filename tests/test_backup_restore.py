@@ -21,7 +21,7 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from tests.audio import signals
+from testing import signals
 from tests.audio.test_e2e_audio import upload, wait_finished
 from tests.conftest import NativeStack
 from tests.stack_env import REPO_DIR

@@ -8,7 +8,7 @@ import httpx
 import pytest
 
 from core.log_context import accept_request_id
-from tests.audio import signals
+from testing import signals
 from tests.audio.test_e2e_audio import upload, wait_finished
 from tests.conftest import NativeStack
 

@@ -12,7 +12,7 @@ import psycopg
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.audio import signals
+from testing import signals
 from tests.audio.test_e2e_audio import upload, wait_finished
 from tests.conftest import NativeStack
 from tests.stack_env import REPO_DIR

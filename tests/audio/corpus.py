@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tests.audio import signals
+from testing import signals
 
 
 def wav_header(rate: int, channels: int, data_bytes: int, bits: int = 16) -> bytes:

@@ -10,7 +10,7 @@ from rest_framework.test import APIClient
 
 from audio.models import Job
 from core.celery import app as celery_app
-from tests.audio import signals
+from testing import signals
 from tests.audio.conftest import make_user
 
 pytestmark = pytest.mark.django_db(transaction=True)

@@ -6,7 +6,7 @@ import shutil
 import pytest
 from playwright.sync_api import sync_playwright
 
-from tests.audio import signals
+from testing import signals
 from tests.conftest import PASSWORD, NativeStack
 
 pytestmark = pytest.mark.e2e

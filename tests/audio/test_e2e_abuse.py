@@ -7,7 +7,8 @@ from contextlib import closing
 
 import pytest
 
-from tests.audio import corpus, signals
+from testing import signals
+from tests.audio import corpus
 from tests.audio.test_e2e_audio import upload, wait_finished
 from tests.conftest import NativeStack
 from tests.sse import streams_open

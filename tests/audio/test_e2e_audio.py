@@ -12,7 +12,8 @@ import psycopg
 import pytest
 
 from audio.processing import media
-from tests.audio import corpus, reference_meter, signals
+from testing import signals
+from tests.audio import corpus, reference_meter
 from tests.conftest import NativeStack
 
 pytestmark = pytest.mark.e2e

@@ -11,7 +11,7 @@ import pytest
 from django.conf import settings
 
 from audio import streams
-from tests.audio import signals
+from testing import signals
 from tests.conftest import NativeStack
 from tests.sse import streams_open, tabs
 

@@ -16,7 +16,7 @@ from django.core.files.storage import default_storage
 
 from audio.models import Job
 from audio.services import jobs, pipeline
-from tests.audio import signals
+from testing import signals
 from tests.audio.test_api import client_for, upload
 from tests.ports import free_port, wait_listening
 from tests.stack_env import REPO_DIR

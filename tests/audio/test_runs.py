@@ -21,7 +21,7 @@ from rest_framework.test import APIClient
 from audio.models import Job
 from audio.permissions import JobActionThrottle
 from audio.services import events, jobs, notifications, pipeline
-from tests.audio import signals
+from testing import signals
 from tests.audio.conftest import make_job, make_user
 
 pytestmark = pytest.mark.django_db(transaction=True)

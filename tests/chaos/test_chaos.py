@@ -24,7 +24,7 @@ import redis
 import stack
 from audio.processing import encode, media
 from core.celery import app as celery_app
-from tests.audio import signals
+from testing import signals
 from tests.chaos.conftest import Chaos, Load, load_average, start_process
 from tests.sse import streams_open, tabs
 from tests.stack_env import REPO_DIR

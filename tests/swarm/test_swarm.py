@@ -19,8 +19,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from testing import signals
 from tests.acme import NAME
-from tests.audio import signals
 from tests.audio.test_e2e_audio import upload, wait_finished
 from tests.containers.test_compose_stack import (
     Load,

@@ -117,8 +117,11 @@ class Rendition:
     gain_db: float
     within_target: bool
     note: str
-    encodes: int = 1  # the encode + measure passes it took
-    limit_dbfs: float | None = None  # the limiter's level in the delivered encode
+    # How render() got there: its encode + measure passes (retries included), and the limiter's
+    # level and oversampling in the encode delivered (with gain_db, what repeats that encode).
+    encodes: int
+    limit_dbfs: float
+    oversample: int
 
 
 def demuxer_name(analysis: Analysis) -> str:
@@ -157,15 +160,17 @@ def render(
             stop=stop,
         )
         measured = analyse(dest, limits, waveform=False).loudness
-        return Rendition(fmt, dest, measured, 0.0, False, "silent: nothing to normalise")
+        note = "silent: nothing to normalise"
+        return Rendition(fmt, dest, measured, 0.0, False, note, 1, ceiling_dbtp, 1)
     limit = ceiling_dbtp - HEADROOM_DB.get(fmt.codec, DEFAULT_HEADROOM_DB)
     gain = limited_gain(source, analysis, gain, limit, target_lufs, limits, stop)
-    attempts: list[tuple[Path, Loudness, float, float]] = []
+    attempts: list[tuple[Path, Loudness, float, float, int]] = []
     made: list[Path] = []
     try:
         for attempt in range(1, MAX_ATTEMPTS + 1):
             path = dest.with_name(f"{dest.stem}.try{attempt}{dest.suffix}")
             made.append(path)
+            oversample = OVERSAMPLE if limiting(analysis, gain, limit) else 1
             _encode(
                 source,
                 demuxer_name(analysis),
@@ -175,10 +180,10 @@ def render(
                 limit_dbfs=limit,
                 limits=limits,
                 stop=stop,
-                oversample=OVERSAMPLE if limiting(analysis, gain, limit) else 1,
+                oversample=oversample,
             )
             measured = analyse(path, limits, waveform=False).loudness
-            attempts.append((path, measured, gain, limit))
+            attempts.append((path, measured, gain, limit, oversample))
             if measured.integrated_lufs is None:
                 break
             error = target_lufs - measured.integrated_lufs
@@ -200,7 +205,7 @@ def render(
         raise
     # Deliver the attempt that keeps both promises and is closest to the target; failing
     # that, the one nearest to keeping them.
-    path, measured, gain, limit = min(
+    path, measured, gain, limit, oversample = min(
         attempts, key=lambda a: _miss(a[1], target_lufs, ceiling_dbtp)
     )
     path.replace(dest)
@@ -224,7 +229,8 @@ def render(
             f"true peak {measured.true_peak_dbtp:.1f} dBTP is above the "
             f"{ceiling_dbtp:.0f} dBTP ceiling"
         )
-    return Rendition(fmt, dest, measured, gain, loud_ok and peak_ok, note, len(attempts), limit)
+    kept = loud_ok and peak_ok
+    return Rendition(fmt, dest, measured, gain, kept, note, len(attempts), limit, oversample)
 
 
 def limiting(analysis: Analysis, gain_db: float, limit_dbfs: float) -> bool:
