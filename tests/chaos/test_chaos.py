@@ -505,7 +505,9 @@ def test_a_hung_encoder_fails_the_job_and_the_worker_lives_on(
     hang = Path(chaos.stack.env["STACK_DIR"]) / "hung-encoder"  # where the stack's user may run it
     hang.write_text("#!/bin/sh\nexec sleep 600\n")
     hang.chmod(0o755)
-    worker_service = next(s for s in stack.SERVICES if s.name == "celery_worker")
+    worker_service = next(
+        s for s in stack.all_services(chaos.stack.env) if s.name == "celery_worker"
+    )
     env = {**chaos.stack.env, encode.ENCODER_EXE_ENV: str(hang)}
     soft_limit = int(env["CELERY_TASK_SOFT_TIME_LIMIT"])
     chaos.supervisor("stop", "celery_worker")
