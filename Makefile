@@ -76,28 +76,31 @@ restore: .venv/.synced ## restore a backup: make restore FILE=latest ARGS=--forc
 lint: .venv/.synced ## ruff (lint, format), shellcheck, hadolint, mypy: .pre-commit-config.yaml on every file
 	.venv/bin/pre-commit run --all-files
 
-test: test-deps .venv/.synced lint ## lint, then every suite but chaos, containers and swarm (unit, integration, e2e), with branch coverage of app/
-	.venv/bin/python -m pytest -m "not containers and not chaos and not swarm" \
+# The tiers are the folders of tests/ (tests/conftest.py); TESTS=tests/e2e/test_logs.py runs one file.
+TESTS ?= tests/unit tests/integration tests/e2e
+
+test: test-deps .venv/.synced lint ## lint, then the unit, integration and e2e tiers, with branch coverage of app/
+	.venv/bin/python -m pytest $(TESTS) \
 		--cov=app --cov-branch --cov-report=term:skip-covered --cov-report=json:test-artifacts/coverage.json \
 		--durations=15 $(PYTEST_ARGS)
 
-test-fast: test-deps .venv/.synced ## the inner loop: unit and database tests only (PostgreSQL, PgBouncer, Redis; no stack), no lint
-	TEST_TIER=fast .venv/bin/python -m pytest -m "not e2e and not containers and not chaos and not swarm" $(PYTEST_ARGS)
+test-fast: test-deps .venv/.synced ## the inner loop: the unit and integration tiers (PostgreSQL, PgBouncer, Redis; no stack), no lint
+	.venv/bin/python -m pytest tests/unit tests/integration $(PYTEST_ARGS)
 
 test-chaos: test-deps .venv/.synced ## kill, restart and overload a native stack of its own (~8 min)
-	TEST_STACK=chaos .venv/bin/python -m pytest -m chaos tests/chaos $(PYTEST_ARGS)
+	TEST_STACK=chaos .venv/bin/python -m pytest tests/chaos $(PYTEST_ARGS)
 
 test-containers: .venv/.synced ## build the images, run the compose stacks for real (a Docker Engine of its own)
 	eval "$$(deployments/containers-harness/engine-up)"; \
 	trap 'deployments/containers-harness/engine-down' EXIT; \
 	deployments/containers-harness/base-images; \
-	.venv/bin/python -m pytest -m containers tests/containers $(PYTEST_ARGS)
+	.venv/bin/python -m pytest tests/containers $(PYTEST_ARGS)
 
 test-swarm: .venv/.synced ## deploy the stack on a single-node Docker Swarm of its own, roll and scale it
 	eval "$$(deployments/containers-harness/engine-up)"; \
 	trap 'docker swarm leave --force >/dev/null 2>&1 || true; deployments/containers-harness/engine-down' EXIT; \
 	deployments/containers-harness/base-images; \
-	.venv/bin/python -m pytest -m swarm tests/swarm $(PYTEST_ARGS)
+	.venv/bin/python -m pytest tests/swarm $(PYTEST_ARGS)
 
 audit: .venv/.synced ## known vulnerabilities in the locked dependencies (pip-audit; needs PyPI's JSON API)
 	$(UV) export --format requirements-txt --no-hashes --no-emit-project --quiet > .venv/requirements-audit.txt

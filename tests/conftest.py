@@ -148,17 +148,44 @@ def _run_stack(command: str, **env: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-# `make test-fast`: the unit and database tests only, on PostgreSQL and Redis alone.
-FAST = os.environ.get("TEST_TIER") == "fast"
+# The tiers are the folders: what a test may start follows from where it lives.
+TESTS_DIR = Path(__file__).resolve().parent
+TIERS = {
+    "unit": "no server: pure logic, files and configuration",
+    "integration": "PostgreSQL, PgBouncer and Redis of the test stack, or a server it starts alone",
+    "e2e": "the whole native stack over HTTPS",
+    "containers": "the compose stacks on a Docker Engine of its own",
+    "chaos": "a native stack of its own, killed, restarted and overloaded",
+    "swarm": "the stack on a single-node Docker Swarm",
+}
+WHOLE_STACK_TIERS = {"e2e", "chaos"}
 DB_SERVERS = "postgres,pgbouncer,redis_broker,redis_cache"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    for tier, what in TIERS.items():
+        config.addinivalue_line("markers", f"{tier}: {what} (tests/{tier}/)")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Mark each test with its folder's tier, and refuse a test that needs more than its tier
+    gives: the database in unit, the whole stack outside e2e and chaos."""
+    for item in items:
+        tier = item.path.relative_to(TESTS_DIR).parts[0]
+        if tier not in TIERS:
+            raise pytest.UsageError(f"{item.nodeid}: tests live in a tier folder: {list(TIERS)}")
+        item.add_marker(tier)
+        fixtures = set(getattr(item, "fixturenames", ()))
+        if tier == "unit" and (item.get_closest_marker("django_db") or "test_servers" in fixtures):
+            raise pytest.UsageError(f"{item.nodeid}: a unit test uses the database")
+        if "native_stack" in fixtures and tier not in WHOLE_STACK_TIERS:
+            raise pytest.UsageError(f"{item.nodeid}: needs the whole stack, so it is e2e")
 
 
 @pytest.fixture(scope="session")
 def native_stack(smtp_sink: "SmtpSink") -> Iterator[NativeStack]:
     """The whole stack, started natively with `stack.py up` (what `make up` runs), its mail
     going to the test's SMTP sink."""
-    if FAST:
-        pytest.fail("this test needs the whole stack: mark it e2e (make test-fast skips those)")
     try:
         result = _run_stack("up")
         if result.returncode != 0:
@@ -181,6 +208,23 @@ def db_servers() -> Iterator[None]:
         result = _run_stack("up", STACK_SERVICES=DB_SERVERS)
         if result.returncode != 0:
             pytest.fail(f"stack.py up failed:\n{result.stdout}\n{result.stderr}")
+        # The app's database role, as web's release step provisions it (web does not run here).
+        migrate = subprocess.run(
+            [sys.executable, "manage.py", "migrate_safely"],
+            cwd=STACK_ENV["APP_DIR"],
+            env={
+                **STACK_ENV,
+                "APP_DATABASE_URL": STACK_ENV["DATABASE_URL"],
+                "DATABASE_URL": STACK_ENV["DATABASE_DIRECT_URL"],
+                "DATABASE_POOL_MAX_SIZE": "0",
+            },
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=False,
+        )
+        if migrate.returncode != 0:
+            pytest.fail(f"migrate_safely failed:\n{migrate.stdout}\n{migrate.stderr}")
         yield
     finally:
         if not os.environ.get("KEEP_TEST_STACK"):
@@ -189,7 +233,10 @@ def db_servers() -> Iterator[None]:
 
 @pytest.fixture(scope="session")
 def test_servers(request: pytest.FixtureRequest) -> object:
-    return request.getfixturevalue("db_servers" if FAST else "native_stack")
+    """The servers the integration tier needs: the whole stack when this run starts it anyway
+    (an e2e test was collected), else PostgreSQL, PgBouncer and Redis alone."""
+    whole = any(item.get_closest_marker("e2e") for item in request.session.items)
+    return request.getfixturevalue("native_stack" if whole else "db_servers")
 
 
 @pytest.fixture(scope="session")

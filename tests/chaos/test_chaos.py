@@ -29,8 +29,6 @@ from tests.chaos.conftest import Chaos, Load, load_average, start_process
 from tests.sse import streams_open, tabs
 from tests.stack_env import REPO_DIR
 
-pytestmark = pytest.mark.chaos
-
 SWEEP_EVERY_S = 10
 BROKER_CONF = REPO_DIR / "deployments" / "compose" / "redis" / "broker.conf"
 

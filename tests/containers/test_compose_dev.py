@@ -4,12 +4,9 @@ import time
 import uuid
 
 import httpx
-import pytest
 
 from tests.containers.test_compose_stack import WORK, compose_environ, docker
 from tests.stack_env import REPO_DIR
-
-pytestmark = pytest.mark.containers
 
 PROJECT = "coredevtest"
 WEB_PORT = 18000

@@ -1,7 +1,7 @@
 """The production compose stack, built and run for real (the Docker Engine + `docker compose`).
 
 Run by `make test-containers` (after the harness has started the engine and the base images);
-`make test` deselects this suite (`-m "not containers"`), `.ci/run` runs both.
+`make test` runs the unit, integration and e2e tiers, not this one; `.ci/run` runs both.
 """
 
 import json
@@ -21,14 +21,12 @@ import httpx
 import pytest
 
 from tests.acme import NAME, RequestsFlowing, wait_for_new_certificate
-from tests.stack_env import ORIGINAL_ENVIRON, REPO_DIR
-from tests.test_monitoring import (
+from tests.e2e.test_monitoring import (
     Prometheus,
     assert_every_target_reaches_its_server,
     dashboard_metrics_missing,
 )
-
-pytestmark = pytest.mark.containers
+from tests.stack_env import ORIGINAL_ENVIRON, REPO_DIR
 
 PROJECT = "coretest"
 HTTP_PORT, HTTPS_PORT = 18080, 18443

@@ -21,7 +21,6 @@ import pytest
 
 from testing import signals
 from tests.acme import NAME
-from tests.audio.test_e2e_audio import upload, wait_finished
 from tests.containers.test_compose_stack import (
     Load,
     compose_environ,
@@ -29,9 +28,8 @@ from tests.containers.test_compose_stack import (
     require_docker_engine,
     write_env_file,
 )
+from tests.e2e.test_audio_jobs import upload, wait_finished
 from tests.stack_env import REPO_DIR
-
-pytestmark = pytest.mark.swarm
 
 STACK = "coreswarm"
 HTTP_PORT, HTTPS_PORT = 28080, 28443

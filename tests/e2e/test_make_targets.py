@@ -7,12 +7,8 @@ import time
 import uuid
 from pathlib import Path
 
-import pytest
-
 from tests.conftest import NativeStack
 from tests.stack_env import ORIGINAL_ENVIRON, REPO_DIR, TEST_STACK_OVERRIDES
-
-pytestmark = pytest.mark.e2e
 
 
 def make_env(**overrides: str) -> dict[str, str]:

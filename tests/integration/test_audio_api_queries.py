@@ -3,19 +3,11 @@ queries whatever the number of jobs (no N+1), no COUNT(*) per page, then none at
 token and the page are cached; a change shows at once, and a revoked token stops at once."""
 
 import pytest
-from rest_framework.authtoken.models import Token
-from rest_framework.test import APIClient
 
 from audio.models import Job, Rendition
-from tests.audio.conftest import make_user
+from tests.factories import make_user, token_client
 
 pytestmark = pytest.mark.django_db(transaction=True)
-
-
-def token_client(user: object) -> APIClient:
-    client = APIClient()
-    client.credentials(HTTP_AUTHORIZATION=f"Token {Token.objects.create(user=user).key}")
-    return client
 
 
 def add_jobs(user: object, count: int) -> None:

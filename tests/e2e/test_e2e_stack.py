@@ -17,8 +17,6 @@ from core.management.commands.migrate_safely import MIGRATION_LOCK_KEY
 from tests.conftest import NativeStack
 from tests.stack_env import REPO_DIR
 
-pytestmark = pytest.mark.e2e
-
 
 def wait_for(predicate, timeout: float, interval: float = 0.5):
     deadline = time.monotonic() + timeout

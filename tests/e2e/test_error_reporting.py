@@ -17,10 +17,9 @@ import pytest
 
 from health.tasks import fail
 from tests.conftest import NativeStack
+from tests.integration.test_web_server_config import start_server
 from tests.ports import free_port
-from tests.test_web_server import start_server
 
-pytestmark = pytest.mark.e2e
 WORKER_START = Path("deployments/compose/django/celery/worker/start")
 
 

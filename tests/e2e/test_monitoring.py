@@ -1,10 +1,10 @@
 """Metrics an operator can read (README, "Metrics"): the test stack runs with MONITORING=1, so a
 real Prometheus (Debian's) scrapes web, events, the worker, Flower and an exporter per server
-every 2 s, with the alert rules loaded. The rules themselves are unit-tested by promtool."""
+every 2 s, with the alert rules loaded. The rules themselves are unit-tested by promtool
+(tests/unit/test_monitoring_config.py)."""
 
 import json
 import re
-import subprocess
 import time
 
 import httpx
@@ -13,40 +13,13 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from testing import signals
-from tests.audio.test_e2e_audio import upload, wait_finished
 from tests.conftest import NativeStack
+from tests.e2e.test_audio_jobs import upload, wait_finished
 from tests.stack_env import REPO_DIR
 
 MONITORING = REPO_DIR / "deployments" / "compose" / "monitoring"
 DASHBOARD = MONITORING / "grafana" / "dashboards" / "core-stack.json"
 SCRAPE_WAIT_S = 30  # 2 s scrapes; generous for a loaded machine
-
-
-def test_alert_rules_fire_on_their_conditions_and_not_before() -> None:
-    """promtool's unit tests (alerts.test.yml): every rule, its `for:` and its labels."""
-    result = subprocess.run(
-        ["promtool", "test", "rules", "alerts.test.yml"],
-        cwd=MONITORING,
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    assert result.returncode == 0, result.stdout + result.stderr
-    rules = re.findall(r"^\s+- alert: (\w+)", (MONITORING / "alerts.yml").read_text(), re.M)
-    tested = set(re.findall(r"alertname: (\w+)", (MONITORING / "alerts.test.yml").read_text()))
-    assert set(rules) == tested, "every alert rule has a promtool test"
-
-
-def test_dashboard_is_valid_grafana_json() -> None:
-    dashboard = json.loads(DASHBOARD.read_text())
-    assert dashboard["uid"] and dashboard["panels"]
-    ids = [panel["id"] for panel in dashboard["panels"]]
-    assert len(ids) == len(set(ids))
-    for panel in dashboard["panels"]:
-        assert panel["datasource"]["uid"] == "prometheus"  # the provisioned data source's uid
-        assert panel["targets"] and all(t["expr"] for t in panel["targets"])
-    datasource = MONITORING / "grafana" / "provisioning" / "datasources" / "prometheus.yml"
-    assert "uid: prometheus" in datasource.read_text()
 
 
 class Prometheus:
@@ -142,7 +115,6 @@ def prometheus(native_stack: NativeStack) -> Prometheus:
     return Prometheus(f"http://127.0.0.1:{native_stack.env['PROMETHEUS_PORT']}")
 
 
-@pytest.mark.e2e
 def test_every_target_is_up_and_reaches_its_server(prometheus: Prometheus) -> None:
     health = prometheus.target_health()
     assert_every_target_reaches_its_server(prometheus, health)
@@ -189,7 +161,6 @@ def processed_upload(
     return {"before": before, "after": counts()}
 
 
-@pytest.mark.e2e
 def test_a_processed_upload_shows_in_requests_jobs_and_audio_processed(
     native_stack: NativeStack, prometheus: Prometheus, processed_upload: dict
 ) -> None:
@@ -207,7 +178,6 @@ def test_a_processed_upload_shows_in_requests_jobs_and_audio_processed(
     assert prometheus.wait_for('max(audio_jobs{status="done"})', lambda v: v == done) == done
 
 
-@pytest.mark.e2e
 def test_every_dashboard_query_runs_and_names_metrics_prometheus_has(
     prometheus: Prometheus, processed_upload: dict
 ) -> None:
@@ -216,7 +186,6 @@ def test_every_dashboard_query_runs_and_names_metrics_prometheus_has(
     assert dashboard_metrics_missing(prometheus) == {}
 
 
-@pytest.mark.e2e
 def test_metrics_are_served_on_web_port_but_not_through_nginx(native_stack: NativeStack) -> None:
     direct = httpx.get(f"http://127.0.0.1:{native_stack.env['WEB_PORT']}/metrics")
     assert direct.status_code == 200 and "django_http_requests" in direct.text

@@ -22,11 +22,9 @@ import pytest
 from psycopg import sql
 
 from testing import signals
-from tests.audio.test_e2e_audio import upload, wait_finished
 from tests.conftest import NativeStack
+from tests.e2e.test_audio_jobs import upload, wait_finished
 from tests.stack_env import REPO_DIR
-
-pytestmark = pytest.mark.e2e
 
 SCRIPTS = REPO_DIR / "deployments" / "compose" / "backup"
 DRILL_DB = "core_restore_drill"

@@ -9,14 +9,11 @@ from pathlib import Path
 
 import httpx
 import psycopg
-import pytest
 
 from audio.processing import media
 from testing import signals
-from tests.audio import corpus, reference_meter
+from tests import corpus, reference_meter
 from tests.conftest import NativeStack
-
-pytestmark = pytest.mark.e2e
 
 
 def upload(client: httpx.Client, auth: dict[str, str], path: Path, preset: str = "podcast"):

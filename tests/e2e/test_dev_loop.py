@@ -20,8 +20,6 @@ from celery.exceptions import TimeoutError as CeleryTimeoutError
 from tests.conftest import PASSWORD
 from tests.stack_env import REPO_DIR
 
-pytestmark = pytest.mark.e2e
-
 STACK_SCRIPT = REPO_DIR / "deployments" / "native" / "stack.py"
 DEV_STACK = {  # ports of its own: the test stack (var/test) is running beside it
     "STACK_MODE": "dev",

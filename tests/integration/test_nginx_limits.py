@@ -6,9 +6,9 @@ import httpx
 import pytest
 from dotenv import dotenv_values
 
+from tests.e2e.test_abuse import CREDENTIALS_PATHS
 from tests.nginx_alone import nginx_running, upstream_running
 from tests.stack_env import REPO_DIR
-from tests.test_abuse import CREDENTIALS_PATHS
 
 PRODUCTION = dotenv_values(REPO_DIR / ".env.prod.example")
 HSTS = "max-age=63072000; includeSubDomains"

@@ -18,7 +18,7 @@ from django.utils import timezone
 from audio.models import Job, Rendition
 from audio.services import notifications
 from core.celery import app as celery_app
-from tests.audio.conftest import make_job, make_user, waiting_in_broker
+from tests.factories import make_job, make_user, waiting_in_broker
 from tests.stack_env import REPO_DIR
 
 pytestmark = pytest.mark.django_db(transaction=True)

@@ -22,7 +22,7 @@ from audio.models import Job
 from audio.permissions import JobActionThrottle
 from audio.services import events, jobs, notifications, pipeline
 from testing import signals
-from tests.audio.conftest import make_job, make_user
+from tests.factories import make_job, make_user
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

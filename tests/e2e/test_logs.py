@@ -5,14 +5,11 @@ user, task and job it belongs to."""
 import json
 
 import httpx
-import pytest
 
 from core.log_context import accept_request_id
 from testing import signals
-from tests.audio.test_e2e_audio import upload, wait_finished
 from tests.conftest import NativeStack
-
-pytestmark = pytest.mark.e2e
+from tests.e2e.test_audio_jobs import upload, wait_finished
 
 
 def records(native_stack: NativeStack, service: str) -> list[dict]:

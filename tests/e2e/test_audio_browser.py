@@ -3,13 +3,10 @@ stack: log in, upload with a progress bar, live status, waveform drawn, players,
 
 import shutil
 
-import pytest
 from playwright.sync_api import sync_playwright
 
 from testing import signals
 from tests.conftest import PASSWORD, NativeStack
-
-pytestmark = pytest.mark.e2e
 
 CHROMIUM_ARGS = [
     "--headless",

@@ -12,8 +12,6 @@ import redis
 from testing import signals
 from tests.conftest import PASSWORD, NativeStack
 
-pytestmark = pytest.mark.e2e
-
 CREDENTIALS_PATHS = [
     "/admin/login/",
     "/accounts/login/",

@@ -1,15 +1,16 @@
-"""Shared set-up for the audio tests: users, jobs in a given state, and the tasks they send."""
+"""Rows the database tests build on (cookiecutter-django's factories, as plain functions): users,
+jobs in a given state, and task messages waiting in the broker."""
 
 import uuid
 from pathlib import Path
 
-import pytest
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import AbstractBaseUser
 from django.utils import timezone
+from rest_framework.authtoken.models import Token
+from rest_framework.test import APIClient
 
 from accounts.models import EmailAddress
-from audio import tasks
 from audio.models import Job
 from core.celery import app as celery_app
 
@@ -24,6 +25,20 @@ def make_user(name: str = "olga", verified: bool = True) -> AbstractBaseUser:
     return user
 
 
+def client_for(username: str) -> APIClient:
+    """An API client signed in as a new user."""
+    client = APIClient()
+    client.force_authenticate(make_user(username))
+    return client
+
+
+def token_client(user: AbstractBaseUser) -> APIClient:
+    """An API client sending a new token of `user`, as API clients do."""
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION=f"Token {Token.objects.create(user=user).key}")
+    return client
+
+
 def make_job(user: AbstractBaseUser, tmp_path: Path, settings: object, **fields: object) -> Job:
     """A job row with a (fake) source file under MEDIA_ROOT=tmp_path."""
     settings.MEDIA_ROOT = tmp_path
@@ -31,30 +46,6 @@ def make_job(user: AbstractBaseUser, tmp_path: Path, settings: object, **fields:
     job.directory.mkdir(parents=True)
     job.source_path.write_bytes(b"x")
     return job
-
-
-@pytest.fixture
-def user() -> AbstractBaseUser:
-    return make_user()
-
-
-@pytest.fixture
-def queued(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, str]]:
-    """The (job id, task id) of each processing task sent, instead of sending it."""
-    sent: list[tuple[str, str]] = []
-    monkeypatch.setattr(
-        tasks.process_job, "apply_async", lambda args, task_id: sent.append((args[0], task_id))
-    )
-    return sent
-
-
-@pytest.fixture
-def broker_queue(settings):
-    """A queue of its own on the test stack's broker, which no worker reads."""
-    settings.CELERY_TASK_DEFAULT_QUEUE = f"test-queue-{uuid.uuid4().hex[:8]}"
-    yield settings.CELERY_TASK_DEFAULT_QUEUE
-    with celery_app.connection_for_write() as connection:
-        connection.default_channel.client.delete(settings.CELERY_TASK_DEFAULT_QUEUE)
 
 
 def waiting_in_broker(queue: str, task_id: str, job_id: object = None) -> None:

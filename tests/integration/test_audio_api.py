@@ -11,7 +11,7 @@ from rest_framework.test import APIClient
 from audio.models import Job
 from core.celery import app as celery_app
 from testing import signals
-from tests.audio.conftest import make_user
+from tests.factories import client_for
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -29,13 +29,6 @@ def eager_tasks():
     celery_app.conf.update(task_always_eager=True, task_eager_propagates=True)
     yield
     celery_app.conf.update(task_always_eager=False, task_eager_propagates=False)
-
-
-def client_for(username: str) -> APIClient:
-    user = make_user(username)
-    client = APIClient()
-    client.force_authenticate(user)
-    return client
 
 
 def upload(client: APIClient, path: Path, preset: str = "podcast", name: str | None = None):

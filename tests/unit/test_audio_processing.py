@@ -13,7 +13,7 @@ import pytest
 from audio.presets import PRESETS
 from audio.processing import encode, media
 from testing import signals
-from tests.audio import reference_meter
+from tests import reference_meter
 from tests.stack_env import REPO_DIR
 
 LIMITS = media.Limits(max_duration_s=600)

@@ -8,12 +8,10 @@ from contextlib import closing
 import pytest
 
 from testing import signals
-from tests.audio import corpus
-from tests.audio.test_e2e_audio import upload, wait_finished
+from tests import corpus
 from tests.conftest import NativeStack
+from tests.e2e.test_audio_jobs import upload, wait_finished
 from tests.sse import streams_open
-
-pytestmark = pytest.mark.e2e
 
 
 @pytest.fixture(scope="module")

@@ -21,7 +21,7 @@ from accounts.throttles import SignupGlobalThrottle, SignupThrottle
 from audio.models import Job
 from core.celery import app as celery_app
 from testing import signals
-from tests.audio.conftest import make_user
+from tests.factories import make_user
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

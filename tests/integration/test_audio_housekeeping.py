@@ -20,7 +20,7 @@ from audio.permissions import UploadThrottle
 from audio.services import housekeeping, jobs, notifications
 from core import broker
 from core.celery import app as celery_app
-from tests.audio.conftest import make_job, waiting_in_broker
+from tests.factories import make_job, waiting_in_broker
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

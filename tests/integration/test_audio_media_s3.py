@@ -17,7 +17,8 @@ from django.core.files.storage import default_storage
 from audio.models import Job
 from audio.services import jobs, pipeline
 from testing import signals
-from tests.audio.test_api import client_for, upload
+from tests.factories import client_for
+from tests.integration.test_audio_api import upload
 from tests.ports import free_port, wait_listening
 from tests.stack_env import REPO_DIR
 
@@ -34,7 +35,7 @@ def s3_endpoint(tmp_path_factory) -> Iterator[str]:
     install = REPO_DIR / "var" / "s3rver"
     install.mkdir(parents=True, exist_ok=True)
     for name in ("package.json", "package-lock.json"):
-        shutil.copy(REPO_DIR / "tests" / "s3rver" / name, install / name)
+        shutil.copy(REPO_DIR / "tests" / "integration" / "s3rver" / name, install / name)
     if not (install / "node_modules" / ".bin" / "s3rver").exists():
         done = subprocess.run(
             ["npm", "ci", "--no-audit", "--no-fund"],

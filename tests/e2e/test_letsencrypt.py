@@ -22,8 +22,6 @@ from tests.nginx_alone import nginx_running
 from tests.ports import wait_listening
 from tests.stack_env import REPO_DIR
 
-pytestmark = pytest.mark.e2e
-
 CERTIFY = REPO_DIR / "deployments" / "compose" / "certbot" / "certify"
 RENEW_LOOP = CERTIFY.with_name("renew")  # the certbot service's command
 PEBBLE_PORT, PEBBLE_MANAGEMENT_PORT, DNS_PORT = 14000, 15000, 8053

@@ -7,15 +7,12 @@ import json
 import time
 from datetime import datetime
 
-import pytest
 from django.conf import settings
 
 from audio import streams
 from testing import signals
 from tests.conftest import NativeStack
 from tests.sse import streams_open, tabs
-
-pytestmark = pytest.mark.e2e
 
 
 def test_a_job_change_reaches_the_stream_within_a_second(
