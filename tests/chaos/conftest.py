@@ -19,6 +19,7 @@ import httpx
 import psycopg
 import pytest
 
+import stack
 from tests.conftest import Account, NativeStack
 from tests.stack_env import TEST_STACK
 
@@ -54,8 +55,10 @@ class Chaos:
         return self.stack.supervisorctl(*args)
 
     def states(self) -> dict[str, str]:
+        """The supervisor state of each program this stack runs (supervisord.conf has more)."""
+        names = {service.name for service in stack.services_for(self.stack.env)}
         lines = self.supervisor("status").splitlines()
-        return {line.split()[0]: line.split()[1] for line in lines if line.strip()}
+        return {line.split()[0]: line.split()[1] for line in lines if line.split()[0] in names}
 
     def kill9(self, service: str) -> int:
         pid = self.stack.pid(service)

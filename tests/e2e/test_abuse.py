@@ -9,6 +9,7 @@ import psycopg
 import pytest
 import redis
 
+import stack
 from testing import signals
 from tests.conftest import PASSWORD, NativeStack
 
@@ -147,8 +148,13 @@ def test_the_app_role_reads_and_writes_rows_and_nothing_more(native_stack: Nativ
 def test_no_service_of_the_native_stack_runs_as_root(native_stack: NativeStack) -> None:
     """Started as root (as CI does), supervisord drops each program to postgres (PostgreSQL,
     PgBouncer) or the stack's own user (the rest); its children inherit that."""
-    programs = [line.split()[0] for line in native_stack.supervisorctl("status").splitlines()]
-    assert len(programs) >= 9
+    running = [
+        line.split()[0]
+        for line in native_stack.supervisorctl("status").splitlines()
+        if line.split()[1] == "RUNNING"
+    ]
+    programs = [service.name for service in stack.services_for(native_stack.env)]
+    assert sorted(running) == sorted(programs) and len(programs) >= 9
     for program in programs:
         pid = native_stack.pid(program)
         uids = Path(f"/proc/{pid}/status").read_text().split("Uid:")[1].split()[:4]
