@@ -13,7 +13,7 @@ from pathlib import Path
 REPO_DIR = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_DIR / "deployments" / "native"))
 
-import stack  # noqa: E402
+import envfiles  # noqa: E402
 
 _TEST_STACK = {
     "STACK_DIR": str(REPO_DIR / "var" / "test"),
@@ -78,7 +78,7 @@ for _key in [k for k in os.environ if k.startswith("STACK_")]:
 os.environ.update(TEST_STACK_OVERRIDES)
 
 #: The environment the test stack's processes run with (production settings).
-STACK_ENV: dict[str, str] = stack.load_env()
+STACK_ENV: dict[str, str] = envfiles.load_env()
 
 # The test process itself: test settings, and the Django test database made directly on the
 # stack's PostgreSQL (a test database cannot be dropped while PgBouncer holds connections to it).

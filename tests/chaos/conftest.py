@@ -19,7 +19,7 @@ import httpx
 import psycopg
 import pytest
 
-import stack
+import programs
 from tests.conftest import Account, NativeStack
 from tests.stack_env import TEST_STACK
 
@@ -56,7 +56,7 @@ class Chaos:
 
     def states(self) -> dict[str, str]:
         """The supervisor state of each program this stack runs (supervisord.conf has more)."""
-        names = {service.name for service in stack.services_for(self.stack.env)}
+        names = {service.name for service in programs.services_for(self.stack.env)}
         lines = self.supervisor("status").splitlines()
         return {line.split()[0]: line.split()[1] for line in lines if line.split()[0] in names}
 

@@ -21,7 +21,7 @@ import httpx
 import pytest
 import redis
 
-import stack
+import programs
 from audio.processing import encode, media
 from core.celery import app as celery_app
 from testing import signals
@@ -504,7 +504,7 @@ def test_a_hung_encoder_fails_the_job_and_the_worker_lives_on(
     hang.write_text("#!/bin/sh\nexec sleep 600\n")
     hang.chmod(0o755)
     worker_service = next(
-        s for s in stack.all_services(chaos.stack.env) if s.name == "celery_worker"
+        s for s in programs.all_services(chaos.stack.env) if s.name == "celery_worker"
     )
     env = {**chaos.stack.env, encode.ENCODER_EXE_ENV: str(hang)}
     soft_limit = int(env["CELERY_TASK_SOFT_TIME_LIMIT"])

@@ -9,7 +9,7 @@ import psycopg
 import pytest
 import redis
 
-import stack
+import programs
 from testing import signals
 from tests.conftest import PASSWORD, NativeStack
 
@@ -153,9 +153,9 @@ def test_no_service_of_the_native_stack_runs_as_root(native_stack: NativeStack) 
         for line in native_stack.supervisorctl("status").splitlines()
         if line.split()[1] == "RUNNING"
     ]
-    programs = [service.name for service in stack.services_for(native_stack.env)]
-    assert sorted(running) == sorted(programs) and len(programs) >= 9
-    for program in programs:
+    expected = [service.name for service in programs.services_for(native_stack.env)]
+    assert sorted(running) == sorted(expected) and len(expected) >= 9
+    for program in expected:
         pid = native_stack.pid(program)
         uids = Path(f"/proc/{pid}/status").read_text().split("Uid:")[1].split()[:4]
         assert "0" not in uids, (program, uids)

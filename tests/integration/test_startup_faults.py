@@ -6,6 +6,9 @@ import time
 
 import pytest
 
+import envfiles
+import machine
+import programs
 import stack
 from tests.stack_env import REPO_DIR, STACK_ENV
 
@@ -78,26 +81,26 @@ def test_a_taken_port_is_named() -> None:
         port = sock.getsockname()[1]
         env = {**STACK_ENV, "NGINX_HTTP_PORT": str(closed_port()), "NGINX_HTTPS_PORT": str(port)}
         with pytest.raises(
-            stack.StackError, match=f"port {port} \\(NGINX_HTTPS_PORT, for nginx\\)"
+            envfiles.StackError, match=f"port {port} \\(NGINX_HTTPS_PORT, for nginx\\)"
         ):
-            stack.check_ports(env, [s for s in stack.all_services(env) if s.name == "nginx"])
+            machine.check_ports(env, [s for s in programs.all_services(env) if s.name == "nginx"])
 
 
 def test_a_non_numeric_port_is_named() -> None:
     env = {**STACK_ENV, "WEB_PORT": "eighty"}
-    with pytest.raises(stack.StackError, match="WEB_PORT='eighty' is not a port number"):
-        stack.check_ports(env, stack.all_services(env))
+    with pytest.raises(envfiles.StackError, match="WEB_PORT='eighty' is not a port number"):
+        machine.check_ports(env, programs.all_services(env))
 
 
 def test_an_undefined_reference_in_env_files_is_named() -> None:
-    with pytest.raises(stack.StackError, match=r"\$\{NOPE\}"):
-        stack._expand("x-${NOPE}", {})
+    with pytest.raises(envfiles.StackError, match=r"\$\{NOPE\}"):
+        envfiles.expand("x-${NOPE}", {})
 
 
 def test_external_database_skips_local_postgres_and_pgbouncer() -> None:
-    names = {s.name for s in stack.services_for({**STACK_ENV, "STACK_EXTERNAL_DATABASE": "1"})}
+    names = {s.name for s in programs.services_for({**STACK_ENV, "STACK_EXTERNAL_DATABASE": "1"})}
     assert "postgres" not in names and "pgbouncer" not in names
-    names = {s.name for s in stack.services_for({**STACK_ENV, "POSTGRES_HOST": "db.internal"})}
+    names = {s.name for s in programs.services_for({**STACK_ENV, "POSTGRES_HOST": "db.internal"})}
     assert "postgres" not in names and "pgbouncer" in names
 
 
@@ -107,8 +110,8 @@ def test_an_unhealthy_service_is_named_with_its_log_tail(tmp_path) -> None:
     (tmp_path / "log" / "web.log").write_text(
         "booting\nImproperlyConfigured: SECRET_KEY: too short\n"
     )
-    broken = stack.Service("web", ("true",), ("false",), start_timeout=1)
-    with pytest.raises(stack.StackError) as error:
+    broken = programs.Service("web", ("true",), ("false",), start_timeout=1)
+    with pytest.raises(envfiles.StackError) as error:
         stack.wait_healthy(env, [broken], time.monotonic())
     message = str(error.value)
     assert message.startswith("web is not healthy")

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-import stack
+import programs
 from tests.stack_env import REPO_DIR, STACK_ENV
 
 COMPOSE_BIN = (
@@ -19,7 +19,7 @@ DOCKERFILES = sorted((REPO_DIR / "deployments" / "compose").glob("*/Dockerfile")
 SCRIPT_PREFIX = "/deployments/compose/"
 # The native runner's programs in production (the test stack's env), but make dev's mail sink:
 # compose's development stack has Mailpit instead.
-NATIVE_SERVICES = [s for s in stack.all_services(STACK_ENV) if s.name != "mail"]
+NATIVE_SERVICES = [s for s in programs.all_services(STACK_ENV) if s.name != "mail"]
 
 
 def compose(env_file: str, *args: str, files: tuple[str, ...] = ()) -> subprocess.CompletedProcess:

@@ -2,7 +2,8 @@
 
 import os
 
-import stack
+import envfiles
+import programs
 
 
 def test_generated_secrets_are_private_from_the_first_byte(tmp_path, monkeypatch) -> None:
@@ -12,13 +13,13 @@ def test_generated_secrets_are_private_from_the_first_byte(tmp_path, monkeypatch
     monkeypatch.setattr(os, "fchmod", lambda *args, **kwargs: None)
     previous = os.umask(0)
     try:
-        stack._ensure_secrets(tmp_path / "secrets.env")
+        envfiles.ensure_secrets(tmp_path / "secrets.env")
     finally:
         os.umask(previous)
     path = tmp_path / "secrets.env"
     assert path.stat().st_mode & 0o777 == 0o600
     assert {line.split("=")[0] for line in path.read_text().splitlines()} == set(
-        stack.GENERATED_SECRETS
+        envfiles.GENERATED_SECRETS
     )
 
 
@@ -33,29 +34,31 @@ def test_the_configuration_hash_follows_the_stacks_variables_only(tmp_path) -> N
         "TERM": "xterm",
         "SHLVL": "1",
     }
-    same = stack._env_hash(env, "conf")
-    assert stack._env_hash({**env, "TERM": "dumb", "SHLVL": "4", "OLDPWD": "/"}, "conf") == same
+    same = envfiles.config_hash(env, "conf")
+    assert (
+        envfiles.config_hash({**env, "TERM": "dumb", "SHLVL": "4", "OLDPWD": "/"}, "conf") == same
+    )
     for changed in ({"NGINX_HTTPS_PORT": "9443"}, {"STACK_MODE": "dev"}, {"MONITORING": "1"}):
-        assert stack._env_hash({**env, **changed}, "conf") != same, changed
-    assert stack._env_hash(env, "other conf") != same
+        assert envfiles.config_hash({**env, **changed}, "conf") != same, changed
+    assert envfiles.config_hash(env, "other conf") != same
 
 
 def test_supervisord_conf_is_the_table_of_services() -> None:
     """supervisord.conf names every program the runner starts, with the stack's paths and users
     filled in from the environment; make dev swaps the Django start scripts, not the programs."""
-    env = {**stack.load_env(), "STACK_MODE": "production", "MONITORING": "1"}
-    names = [s.name for s in stack.services_for(env)]
+    env = {**envfiles.load_env(), "STACK_MODE": "production", "MONITORING": "1"}
+    names = [s.name for s in programs.services_for(env)]
     assert names[:4] == ["postgres", "pgbouncer", "redis_broker", "redis_cache"]
     assert "mail" not in names and "node_exporter" in names
-    web = next(s for s in stack.services_for(env) if s.name == "web")
+    web = next(s for s in programs.services_for(env) if s.name == "web")
     assert web.command == (
-        stack.DJANGO_ENTRYPOINT,
-        f"{stack.REPO_DIR}/deployments/compose/django/start",
+        programs.DJANGO_ENTRYPOINT,
+        f"{envfiles.REPO_DIR}/deployments/compose/django/start",
     )
     dev = {**env, "STACK_MODE": "dev", "MONITORING": "0", "DJANGO_START": "start-dev"}
-    names = [s.name for s in stack.services_for(dev)]
+    names = [s.name for s in programs.services_for(dev)]
     assert "mail" in names and "prometheus" not in names
-    for service in stack.services_for(dev):
+    for service in programs.services_for(dev):
         scripts = [w for w in (*service.command, *service.healthcheck) if w.startswith("/")]
         if service.name in ("web", "events", "celery_worker"):
             assert service.command[-1].endswith("/start-dev"), service.name
