@@ -12,14 +12,7 @@ import redis
 import programs
 from testing import signals
 from tests.conftest import PASSWORD, NativeStack
-
-CREDENTIALS_PATHS = [
-    "/admin/login/",
-    "/accounts/login/",
-    "/accounts/signup/",
-    "/accounts/password_reset/",
-    "/api/auth/token/",
-]
+from tests.http_api import CREDENTIALS_PATHS
 
 
 def forged(i: int) -> dict[str, str]:

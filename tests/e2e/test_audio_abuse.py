@@ -10,7 +10,7 @@ import pytest
 from testing import signals
 from tests import corpus
 from tests.conftest import NativeStack
-from tests.e2e.test_audio_jobs import upload, wait_finished
+from tests.http_api import upload, wait_finished
 from tests.sse import streams_open
 
 

@@ -7,33 +7,13 @@ from contextlib import closing
 from html.parser import HTMLParser
 from pathlib import Path
 
-import httpx
 import psycopg
 
 from audio.processing import media
 from testing import signals
 from tests import corpus, reference_meter
 from tests.conftest import NativeStack
-
-
-def upload(client: httpx.Client, auth: dict[str, str], path: Path, preset: str = "podcast"):
-    with path.open("rb") as f:
-        return client.post(
-            "/api/jobs/", headers=auth, data={"preset": preset}, files={"file": (path.name, f)}
-        )
-
-
-def wait_finished(client: httpx.Client, auth: dict[str, str], job_id: str) -> dict:
-    deadline = time.monotonic() + 180
-    seen = set()
-    while time.monotonic() < deadline:
-        job = client.get(f"/api/jobs/{job_id}/", headers=auth).json()
-        seen.add((job["status"], job["phase"]))
-        if job["status"] in {"done", "failed", "canceled"}:
-            job["seen"] = seen
-            return job
-        time.sleep(0.3)
-    raise AssertionError(f"job {job_id} did not finish: {seen}")
+from tests.http_api import upload, wait_finished
 
 
 def test_upload_to_download_through_the_stack(

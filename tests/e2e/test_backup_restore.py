@@ -23,7 +23,7 @@ from psycopg import sql
 
 from testing import signals
 from tests.conftest import NativeStack
-from tests.e2e.test_audio_jobs import upload, wait_finished
+from tests.http_api import upload, wait_finished
 from tests.stack_env import REPO_DIR
 
 SCRIPTS = REPO_DIR / "deployments" / "compose" / "backup"

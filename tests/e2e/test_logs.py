@@ -9,7 +9,7 @@ import httpx
 from core.log_context import accept_request_id
 from testing import signals
 from tests.conftest import NativeStack
-from tests.e2e.test_audio_jobs import upload, wait_finished
+from tests.http_api import upload, wait_finished
 
 
 def records(native_stack: NativeStack, service: str) -> list[dict]:

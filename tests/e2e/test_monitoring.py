@@ -14,7 +14,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from testing import signals
 from tests.conftest import NativeStack
-from tests.e2e.test_audio_jobs import upload, wait_finished
+from tests.http_api import upload, wait_finished
 from tests.stack_env import REPO_DIR
 
 MONITORING = REPO_DIR / "deployments" / "compose" / "monitoring"

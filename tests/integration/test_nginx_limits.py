@@ -6,7 +6,7 @@ import httpx
 import pytest
 from dotenv import dotenv_values
 
-from tests.e2e.test_abuse import CREDENTIALS_PATHS
+from tests.http_api import CREDENTIALS_PATHS
 from tests.nginx_alone import nginx_running, upstream_running
 from tests.stack_env import REPO_DIR
 

@@ -28,7 +28,7 @@ from tests.containers.test_compose_stack import (
     require_docker_engine,
     write_env_file,
 )
-from tests.e2e.test_audio_jobs import upload, wait_finished
+from tests.http_api import upload, wait_finished
 from tests.stack_env import REPO_DIR
 
 STACK = "coreswarm"
