@@ -208,16 +208,10 @@ def db_servers() -> Iterator[None]:
         result = _run_stack("up", STACK_SERVICES=DB_SERVERS)
         if result.returncode != 0:
             pytest.fail(f"stack.py up failed:\n{result.stdout}\n{result.stderr}")
-        # The app's database role, as web's release step provisions it (web does not run here).
+        # The app's database role, provisioned by web's release step (web does not run here).
         migrate = subprocess.run(
-            [sys.executable, "manage.py", "migrate_safely"],
-            cwd=STACK_ENV["APP_DIR"],
-            env={
-                **STACK_ENV,
-                "APP_DATABASE_URL": STACK_ENV["DATABASE_URL"],
-                "DATABASE_URL": STACK_ENV["DATABASE_DIRECT_URL"],
-                "DATABASE_POOL_MAX_SIZE": "0",
-            },
+            [str(REPO_DIR / "deployments" / "compose" / "django" / "release"), "migrate_safely"],
+            env=STACK_ENV,
             capture_output=True,
             text=True,
             timeout=300,
