@@ -1,8 +1,10 @@
 """What the main API read costs the database, counted on real PostgreSQL: a fixed number of
 queries whatever the number of jobs (no N+1), no COUNT(*) per page, then none at all while the
-token and the page are cached; a change shows at once, and a revoked token stops at once."""
+token and the page are cached, and one Redis command; a change shows at once, and a revoked
+token stops at once."""
 
 import pytest
+import redis
 
 from audio.models import Job, Rendition
 from tests.factories import make_user, token_client
@@ -33,6 +35,31 @@ def test_the_job_list_costs_the_same_queries_for_1_or_25_jobs(jobs, django_asser
     assert len(page["results"]) == min(jobs, 20)
     assert all(len(job["renditions"]) == 3 for job in page["results"])
     assert (page["next"] is not None) == (jobs > 20)
+
+
+def test_a_cached_read_is_one_redis_command_and_answers_as_the_viewset_does(monkeypatch) -> None:
+    user = make_user("counted")
+    client = token_client(user)
+    add_jobs(user, 2)
+    first = client.get("/api/jobs/")  # the viewset: authenticates, renders, caches
+    commands: list[str] = []
+    execute = redis.Redis.execute_command
+
+    def counted(self: redis.Redis, *args: object, **options: object) -> object:
+        commands.append(str(args[0]))
+        return execute(self, *args, **options)
+
+    monkeypatch.setattr(redis.Redis, "execute_command", counted)
+    again = client.get("/api/jobs/")
+    assert commands == ["EVALSHA"]  # the token's owner, their version and page: one round trip
+    assert again.status_code == first.status_code == 200
+    assert again.content == first.content
+    different = {
+        name: (first.headers.get(name), again.headers.get(name))
+        for name in {*first.headers, *again.headers} - {"X-Request-Id"}
+        if first.headers.get(name) != again.headers.get(name)
+    }
+    assert not different
 
 
 def test_a_cached_job_list_shows_a_change_at_once() -> None:

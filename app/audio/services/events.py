@@ -111,6 +111,35 @@ def cached_page(owner_id: int, url: str) -> tuple[str | None, bytes | None]:
     return f"{PAGE_PREFIX}{owner_id}:{version.decode()}:{url}", body
 
 
+# The same read for a token before anything else knows its user (audio/api.py's job_list): the
+# owner its authentication cached (accounts.authentication.owner_redis_key), then as above.
+_READ_KEYHOLDERS_PAGE = """
+local owner = redis.call('GET', KEYS[1])
+if not owner then return false end
+local version = redis.call('GET', ARGV[1] .. owner) or '0'
+return {owner, redis.call('GET', ARGV[2] .. owner .. ':' .. version .. ':' .. ARGV[3])}
+"""
+
+
+@cache
+def _read_keyholders_page_script() -> redis.commands.core.Script:
+    return _client().register_script(_READ_KEYHOLDERS_PAGE)
+
+
+def cached_page_for_token(owner_key: str, url: str) -> tuple[int, bytes] | None:
+    """The owner of a cached token and their cached page at `url`, in one round trip; None when
+    either is not cached (or the cache is down): the caller then takes the full path."""
+    try:
+        found = _read_keyholders_page_script()(
+            keys=[owner_key], args=[VERSION_PREFIX, PAGE_PREFIX, url]
+        )
+    except redis.RedisError:
+        return None
+    if not found or found[1] is None:
+        return None
+    return int(found[0]), found[1]
+
+
 def store_page(key: str, body: bytes) -> None:
     try:
         _client().set(key, body, ex=LIST_CACHE_S)
