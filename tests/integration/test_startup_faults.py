@@ -13,6 +13,7 @@ import stack
 from tests.stack_env import REPO_DIR, STACK_ENV
 
 ENTRYPOINT = REPO_DIR / "deployments" / "compose" / "django" / "entrypoint"
+RELEASE = ENTRYPOINT.with_name("release")
 
 
 def dependencies(stack_env: dict[str, str]) -> dict[str, str]:
@@ -66,6 +67,27 @@ def test_entrypoint_gives_up_naming_the_dependency(
     assert str(port) in last
     assert "did not answer within 3s" in last
     assert elapsed < 30
+
+
+def test_the_release_step_waits_in_its_own_process_and_names_the_database(
+    test_servers: object,
+) -> None:
+    port = closed_port()
+    env = {
+        **STACK_ENV,
+        **dependencies(STACK_ENV),
+        "WAIT_DATABASE": "direct",  # the entrypoint leaves the wait to the release step
+        "DATABASE_DIRECT_URL": f"postgres://core:pw@127.0.0.1:{port}/core",
+        "WAIT_TIMEOUT": "3",
+    }
+    result = subprocess.run(
+        [str(ENTRYPOINT), str(RELEASE)], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode != 0
+    last = result.stderr.strip().splitlines()[-1]
+    assert f"database at DATABASE_DIRECT_URL (127.0.0.1:{port}/core)" in last
+    assert "did not answer within 3s" in last
+    assert "Migrat" not in result.stdout
 
 
 def test_entrypoint_runs_the_command_when_dependencies_answer(test_servers: object) -> None:

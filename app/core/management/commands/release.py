@@ -1,5 +1,6 @@
-"""The release step in one process (one Django start-up, not two): `migrate_safely`, then
-`collectstatic` only when what it would collect changed since the last run."""
+"""The release step in one process (one Django start-up, not three): with --wait, the
+dependencies (wait_for_dependencies), then `migrate_safely`, then `collectstatic` only when what
+it would collect changed since the last run."""
 
 import hashlib
 from pathlib import Path
@@ -8,7 +9,7 @@ from typing import Any
 from django.conf import settings
 from django.contrib.staticfiles.finders import get_finders
 from django.core.management import call_command
-from django.core.management.base import BaseCommand
+from django.core.management.base import BaseCommand, CommandParser
 
 # collectstatic's own default ignore patterns.
 IGNORE = ["CVS", ".*", "*~"]
@@ -17,7 +18,15 @@ IGNORE = ["CVS", ".*", "*~"]
 class Command(BaseCommand):
     help = "Migrate (advisory-locked), then collect static files if their inputs changed."
 
-    def handle(self, *args: Any, **options: Any) -> None:
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument(
+            "--wait", type=float, default=0.0, help="first wait this long for the dependencies"
+        )
+        parser.add_argument("--database-variable", default="DATABASE_URL")
+
+    def handle(self, *args: Any, wait: float, database_variable: str, **options: Any) -> None:
+        if wait > 0:
+            call_command("wait_for_dependencies", timeout=wait, database_variable=database_variable)
         call_command("migrate_safely", verbosity=options["verbosity"])
         stamp = Path(settings.STATIC_ROOT) / ".inputs.sha256"
         digest = static_inputs_digest()
