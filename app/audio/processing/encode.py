@@ -7,8 +7,6 @@ from __future__ import annotations
 import ctypes
 import errno
 import functools
-import itertools
-import json
 import math
 import os
 import resource
@@ -20,27 +18,22 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+import pyebur128
+
 from .media import SILENCE_LUFS, Analysis, InvalidAudio, Limits, Loudness, analyse
 
 LOUDNESS_TOLERANCE_LU = 1.0
 MAX_ATTEMPTS = 4
 SETTLE_LU = 0.5  # stop correcting once this close to the target (the promise is ±1 LU)
-# The gain search measures the loudness after the limiter at several gains in one decode of the
-# source (transcode.py --measure-gain): these offsets (dB) over the gain planned without the
-# limiter. Speech lifted 10 dB into the limiter needed up to +9 dB more for streaming (Opus's
-# lower limit, a retry's lower still); the loudness is smooth in the gain, so interpolating
-# between points 2 dB apart misses by a few hundredths of a LU. Where the target lies beyond
-# them, another pass goes further, SEARCH_STEPS in all.
-SEARCH_OFFSETS_DB = (0.0, 2.0, 4.0, 6.0, 8.0, 10.0, 12.0)
+SEARCH_LU = 0.2  # the gain search on raw PCM stops this close to the target
 SEARCH_STEPS = 3
 # The limiter runs at this multiple of the output rate where it acts (a true-peak limiter: a
 # sample-peak limiter at 22.05 kHz let inter-sample peaks 1-3 dB over its level).
 OVERSAMPLE = 4
 # How far under the ceiling the limiter is set, per encoder: what the encoder adds to the true
 # peak of limited audio (measured on the benchmark's speech with the oversampled limiter: Opus
-# 96k up to +1.1 dB, AAC 160k +0.2-0.55, LAME V2 +0.1-0.26, FLAC none). FFmpeg's AAC encoder
-# also spikes now and then, erratically with the exact gain (+0.9 to +2 dB, with or without
-# PNS): a larger headroom does not prevent it, render()'s retry at a lower limit does.
+# 96k up to +1.1 dB, AAC 160k +0.2-0.55, LAME V2 +0.1-0.26, FLAC none).
 HEADROOM_DB = {"libopus": 1.5, "aac": 1.0}
 DEFAULT_HEADROOM_DB = 0.5
 ENCODE_TIMEOUT_S = 1800
@@ -112,6 +105,8 @@ FORMATS = {
     # A fixed block size: from an MP3 input FFmpeg picks ~47-sample frames (10x slower, 2x bigger).
     "flac": Format("flac", "flac", "audio/flac", "flac", "flac", None, (("frame_size", "4608"),)),
 }
+# Raw float PCM at the source's rate and channels: the limited audio measured, not delivered.
+PCM = Format("pcm", "f32", "audio/L32", "pcm_f32le", "f32le")
 
 
 @dataclass
@@ -257,91 +252,41 @@ def limited_gain(
 
     Where the gain lifts peaks into the limiter (speech raised by 10 dB), limiting takes loudness
     away, and each correction used to cost an encode and a measure of the rendition. Here the
-    loudness after the same gain and limiter (no codec, integrated loudness only) is measured at
-    several gains in one pass over the source, and the gain for the target interpolated between
-    them; the encode then usually lands on the first try. Material the limiter leaves alone (its
-    true peak stays under the limit) needs no search.
-
-    The limiter holds peaks at its level whatever the level is (it scales: measured to 0.0001
-    LU), so the loudness at gain g and limit L is L + F(g - L) for one curve F per source: the
-    points measured for one format's limit serve the others' (AAC, Opus and a retry's lower
-    limit), one pass for the job.
+    corrections are made on raw PCM out of the same filters (no codec, integrated loudness
+    only), a fraction of that cost; the encode then usually lands on the first try. Material
+    the limiter leaves alone (its true peak stays under the limit) needs no search.
     """
     if not limiting(analysis, gain_db, limit_dbfs):
         return gain_db
-    curve = _job_curve(source, target_lufs)
-    need = target_lufs - limit_dbfs  # what F must reach
-    start = gain_db - limit_dbfs  # x = gain - limit: how far the gain lifts the audio past it
+    # Formats with the same limit start from the same gain: search once per limit; a search at
+    # another limit starts from the last one's result and slope.
+    job = (str(source), source.stat().st_mtime_ns, round(gain_db, 3), target_lufs)
+    if (found := _searched.get((*job, limit_dbfs))) is not None:
+        return found
+    previous: tuple[float, float] | None = None
+    slope = 1.0
+    if _last_search and _last_search[0] == job:
+        _, last_limit, last_gain, slope = _last_search
+        gain_db = last_gain + (last_limit - limit_dbfs)
+    else:
+        _searched.clear()  # one job at a time per worker process
     for _ in range(SEARCH_STEPS):
-        if (found := _solve(curve, need)) is not None:
-            return found + limit_dbfs
-        xs = [round(x, 3) for x in _next_candidates(curve, need, start)]
-        measured = _limited_loudness(
-            source, analysis, [x + limit_dbfs for x in xs], limit_dbfs, limits, stop
-        )
-        if all(lufs is None for lufs in measured):
-            return gain_db  # silent after the gate: nothing to correct
-        curve.update(
-            (x, lufs - limit_dbfs) for x, lufs in zip(xs, measured, strict=True) if lufs is not None
-        )
-    found = _solve(curve, need)
-    return (found if found is not None else _extrapolate(curve, need)) + limit_dbfs
+        measured = _pcm_loudness(source, analysis, gain_db, limit_dbfs, limits, stop)
+        if measured is None or abs(target_lufs - measured) <= SEARCH_LU:
+            break
+        # Under the limiter a dB of gain buys less than a dB of loudness: step by the slope
+        # seen so far (secant), 1 (or the last search's) before there is one.
+        if previous is not None and gain_db != previous[0]:
+            slope = min(max((measured - previous[1]) / (gain_db - previous[0]), 0.2), 1.0)
+        previous = (gain_db, measured)
+        gain_db += (target_lufs - measured) / slope
+    _searched[(*job, limit_dbfs)] = gain_db
+    _last_search[:] = [job, limit_dbfs, gain_db, slope]
+    return gain_db
 
 
-# The points of F (x = gain - limit -> loudness - limit) measured for the job in hand, one job at
-# a time per worker process; keyed by the target too, so that each job searches for itself.
-_curves: dict[tuple[str, int, float], dict[float, float]] = {}
-
-
-def _job_curve(source: Path, target_lufs: float) -> dict[float, float]:
-    job = (str(source), source.stat().st_mtime_ns, target_lufs)
-    if job not in _curves:
-        _curves.clear()
-    return _curves.setdefault(job, {})
-
-
-def _solve(curve: dict[float, float], need: float) -> float | None:
-    """x where F reaches `need`, interpolated between the measured points around it; None if
-    they do not reach it (or there are none)."""
-    points = sorted(curve.items())
-    if not points:
-        return None
-    lowest_x, lowest_f = points[0]
-    if lowest_f >= need:
-        # At most 1 dB of loudness per dB of gain (the limiter only takes away): this is where
-        # the lowest point would reach the target unlimited; the first point is the unlimited
-        # plan, so this is it or within a rounding of it.
-        return lowest_x - (lowest_f - need)
-    for (x0, f0), (x1, f1) in itertools.pairwise(points):
-        if f0 < need <= f1:
-            return x0 + (need - f0) * (x1 - x0) / (f1 - f0)
-    return None
-
-
-def _slope(points: list[tuple[float, float]]) -> float:
-    """dF/dx at the top of the points measured: under the limiter a dB of gain buys less than a
-    dB of loudness (1 before there are two points; at least 0.2)."""
-    if len(points) < 2:
-        return 1.0
-    (x0, f0), (x1, f1) = points[-2:]
-    return min(max((f1 - f0) / (x1 - x0), 0.2), 1.0)
-
-
-def _extrapolate(curve: dict[float, float], need: float) -> float:
-    """x where F reaches `need` past the highest point, by the slope there (the curve only
-    flattens: this falls short), at most twice the search's span past it (a click train's
-    loudness never gets there)."""
-    points = sorted(curve.items())
-    top_x, top_f = points[-1]
-    step = (need - top_f) / _slope(points)
-    return top_x + min(step, 2 * SEARCH_OFFSETS_DB[-1])
-
-
-def _next_candidates(curve: dict[float, float], need: float, start: float) -> list[float]:
-    """The gains (as x) of the next pass: from the unlimited plan up, or, when the points so far
-    fall short of the target, from where their slope says it is."""
-    base = _extrapolate(curve, need) if curve else start
-    return [base + offset for offset in SEARCH_OFFSETS_DB]
+_searched: dict[tuple, float] = {}
+_last_search: list = []
 
 
 def _miss(loudness: Loudness, target_lufs: float, ceiling_dbtp: float) -> tuple[float, float]:
@@ -367,48 +312,36 @@ def _encode(
     oversample: int = 1,
 ) -> None:
     command = _command(source, demuxer, str(dest), fmt, gain_db, limit_dbfs, oversample)
-    try:
-        _run(command, f"encoding {fmt.name}", limits, stop)
-    except BaseException:  # no partial rendition outlives a failure
-        dest.unlink(missing_ok=True)
-        raise
-
-
-def _run(command: list[str], what: str, limits: Limits, stop: Callable[[], bool]) -> bytes:
-    """Runs an encoder process (confined, killed on stop or timeout); returns its stdout."""
     cpu_before = _children_cpu_s()
     deadline = time.monotonic() + ENCODE_TIMEOUT_S
     process = subprocess.Popen(
         command,
         stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         preexec_fn=functools.partial(_confine, limits),  # only setrlimit/prctl after fork
     )
     try:
         while True:
             try:
-                stdout, stderr = process.communicate(timeout=STOP_CHECK_S)
+                _, stderr = process.communicate(timeout=STOP_CHECK_S)
                 break
             except subprocess.TimeoutExpired:
                 if stop():
-                    raise Stopped(f"{what} was stopped") from None
+                    raise Stopped(f"encoding {fmt.name} was stopped") from None
                 if time.monotonic() > deadline:
-                    raise InvalidAudio(f"{what} took longer than {ENCODE_TIMEOUT_S} s") from None
+                    raise InvalidAudio(
+                        f"encoding {fmt.name} took longer than {ENCODE_TIMEOUT_S} s"
+                    ) from None
     except BaseException:  # stopped, timed out, the task's time limit: no encoder outlives it
         process.kill()
         process.communicate()
+        dest.unlink(missing_ok=True)
         raise
     if process.returncode:
+        dest.unlink(missing_ok=True)
         failed = subprocess.CalledProcessError(process.returncode, command, stderr=stderr)
-        raise _failure(failed, what, limits, _children_cpu_s() - cpu_before)
-    return stdout
-
-
-def _runner() -> list[str]:
-    """transcode.py under this interpreter, isolated mode (or the test's stand-in)."""
-    program = os.environ.get(ENCODER_EXE_ENV)
-    return [program] if program else [sys.executable, "-I", str(TRANSCODER)]
+        raise _failure(failed, fmt, limits, _children_cpu_s() - cpu_before)
 
 
 def _command(
@@ -424,8 +357,10 @@ def _command(
     (at `oversample` times the output rate) into `fmt`'s encoder and muxer (transcode.py, under
     this interpreter, isolated mode)."""
     limit = min(max(10 ** (limit_dbfs / 20), 0.0625), 1.0)
+    program = os.environ.get(ENCODER_EXE_ENV)
+    runner = [program] if program else [sys.executable, "-I", str(TRANSCODER)]
     return [
-        *_runner(),
+        *runner,
         str(source),
         dest,
         "--demuxer",
@@ -437,35 +372,47 @@ def _command(
     ]
 
 
-def _limited_loudness(
+def _pcm_loudness(
     source: Path,
     analysis: Analysis,
-    gains_db: list[float],
+    gain_db: float,
     limit_dbfs: float,
     limits: Limits,
-    stop: Callable[[], bool] = lambda: False,
-) -> list[float | None]:
-    """Integrated loudness of the source through each gain and the limiter (the source's rate
-    and channels, no oversampling, no codec), all from one decode in one encoder process under
-    the same rules (None: silent)."""
-    limit = min(max(10 ** (limit_dbfs / 20), 0.0625), 1.0)
-    command = [
-        *_runner(),
-        str(source),
-        "--demuxer",
-        demuxer_name(analysis),
-        f"--limit={limit:.5f}",
-        *(f"--measure-gain={gain:.3f}" for gain in gains_db),
-    ]
-    out = _run(command, "measuring the limited audio", limits, stop)
+    stop: Callable[[], bool],
+) -> float | None:
+    """Integrated loudness of the source through the gain and the limiter, read as raw float
+    PCM (the source's rate and channels) from the encoder process's output pipe (None: silent)."""
+    channels, rate = analysis.channels, analysis.sample_rate
+    command = _command(source, demuxer_name(analysis), "pipe:1", PCM, gain_db, limit_dbfs)
+    meter = pyebur128.R128State(channels, rate, pyebur128.MeasurementMode.MODE_I)
+    frame_bytes, pending = 4 * channels, b""
+    process = subprocess.Popen(
+        command,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        preexec_fn=functools.partial(_confine, limits),
+    )
+    assert process.stdout is not None  # stdout=PIPE
     try:
-        found = json.loads(out)
-        if not isinstance(found, list) or len(found) != len(gains_db):
-            raise ValueError(found)
-        values = [None if v is None else float(v) for v in found]
-    except (ValueError, TypeError) as exc:
-        raise InvalidAudio("measuring the limited audio failed (no result)") from exc
-    return [v if v is not None and v > SILENCE_LUFS else None for v in values]
+        while chunk := process.stdout.read(1 << 20):
+            if stop():
+                raise Stopped("measuring was stopped")
+            data = pending + chunk
+            usable = len(data) - len(data) % frame_bytes
+            block, pending = np.frombuffer(data[:usable], dtype=np.float32), data[usable:]
+            meter.add_frames(block, len(block) // channels)
+        process.wait(ENCODE_TIMEOUT_S)
+    except BaseException:
+        process.kill()
+        process.wait()
+        raise
+    finally:
+        process.stdout.close()
+    if process.returncode:
+        raise InvalidAudio(f"measuring the limited audio failed (exit status {process.returncode})")
+    integrated = pyebur128.get_loudness_global(meter)
+    return integrated if math.isfinite(integrated) and integrated > SILENCE_LUFS else None
 
 
 def _children_cpu_s() -> float:
@@ -474,27 +421,29 @@ def _children_cpu_s() -> float:
 
 
 def _failure(
-    exc: subprocess.CalledProcessError, what: str, limits: Limits, cpu_s: float
+    exc: subprocess.CalledProcessError, fmt: Format, limits: Limits, cpu_s: float
 ) -> Exception:
-    """Why the encoder process stopped, for the job's owner (or OSError when the disk is full).
-    `what`: what it was doing ("encoding mp3")."""
+    """Why the encoder stopped, for the job's owner (or OSError when the disk is full)."""
     stderr = exc.stderr.decode(errors="replace")
     if "No space left on device" in stderr:
-        return OSError(errno.ENOSPC, f"{what}: no space left on device")
+        return OSError(errno.ENOSPC, f"encoding {fmt.name}: no space left on device")
     # An encoder may catch SIGXCPU and exit quietly: its CPU time tells.
     if cpu_s >= limits.encoder_cpu_s or exc.returncode in (-signal.SIGXCPU, -signal.SIGKILL):
-        return InvalidAudio(f"{what} used more than its {limits.encoder_cpu_s} s of CPU time")
+        return InvalidAudio(
+            f"encoding {fmt.name} used more than its {limits.encoder_cpu_s} s of CPU time"
+        )
     if exc.returncode == -signal.SIGXFSZ or "File too large" in stderr:
         return InvalidAudio(
-            f"{what}: the rendition would be larger than the "
+            f"the {fmt.name} rendition would be larger than the "
             f"{limits.max_output_bytes // 2**20} MB limit"
         )
     if any(sign in stderr for sign in _OUT_OF_MEMORY) or exc.returncode == -signal.SIGSEGV:
         return InvalidAudio(
-            f"{what} needed more than its {limits.encoder_memory_bytes // 2**20} MB of memory"
+            f"encoding {fmt.name} needed more than its "
+            f"{limits.encoder_memory_bytes // 2**20} MB of memory"
         )
     message = stderr.strip().splitlines()[-1:] or [f"exit status {exc.returncode}"]
-    return InvalidAudio(f"{what} failed: {message[0][:200]}")
+    return InvalidAudio(f"encoding {fmt.name} failed: {message[0][:200]}")
 
 
 # FFmpeg's ENOMEM, Python's, and the loader's when a library does not fit in the address space.

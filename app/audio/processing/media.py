@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 import unicodedata
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import cast
@@ -18,8 +18,6 @@ from typing import cast
 import av
 import numpy as np
 import pyebur128
-
-from .transcode import in_thread
 
 # FFmpeg demuxer names accepted: WAV, FLAC, MP3, AAC (ADTS) and M4A (mov), Ogg (Vorbis/Opus/FLAC),
 # WebM/Matroska audio.
@@ -250,20 +248,29 @@ def analyse(
             | pyebur128.MeasurementMode.MODE_LRA
             | pyebur128.MeasurementMode.MODE_TRUE_PEAK,
         )
+        resampler = av.AudioResampler(format="flt", layout=_layout(channels), rate=rate)
         peaks = _PeakCollector(rate) if waveform else None
         samples = 0
         max_samples = int(limits.max_duration_s * rate)
         try:
-            for block, count in in_thread(_decoded(container, stream, rate, channels)):
-                if not np.isfinite(block).all():
-                    raise InvalidAudio("the audio contains invalid (NaN or infinite) samples")
-                samples += count
-                if samples > max_samples:
-                    minutes = limits.max_duration_s / 60
-                    raise InvalidAudio(f"the audio is longer than {minutes:.0f} minutes")
-                meter.add_frames(block, count)
-                if peaks is not None:
-                    peaks.add(block.reshape(count, channels))
+            for packet_frame in container.decode(stream):
+                if (
+                    packet_frame.sample_rate != rate
+                    or len(packet_frame.layout.channels) != channels
+                ):
+                    raise InvalidAudio("the audio changes sample rate or channels midway")
+                for frame in resampler.resample(packet_frame):
+                    block = frame.to_ndarray().reshape(-1)
+                    if not np.isfinite(block).all():
+                        raise InvalidAudio("the audio contains invalid (NaN or infinite) samples")
+                    count = frame.samples
+                    samples += count
+                    if samples > max_samples:
+                        minutes = limits.max_duration_s / 60
+                        raise InvalidAudio(f"the audio is longer than {minutes:.0f} minutes")
+                    meter.add_frames(block, count)
+                    if peaks is not None:
+                        peaks.add(block.reshape(count, channels))
                 if progress and hinted:
                     progress(min(samples / rate / hinted, 1.0))
         except av.FFmpegError as exc:
@@ -292,21 +299,6 @@ def analyse(
         loudness=loudness,
         waveform=peaks.finish() if peaks is not None else None,
     )
-
-
-def _decoded(
-    container: av.container.InputContainer,
-    stream: av.audio.stream.AudioStream,
-    rate: int,
-    channels: int,
-) -> Iterator[tuple[np.ndarray, int]]:
-    """The stream's audio as blocks of interleaved float samples, and their sample counts."""
-    resampler = av.AudioResampler(format="flt", layout=_layout(channels), rate=rate)
-    for packet_frame in container.decode(stream):
-        if packet_frame.sample_rate != rate or len(packet_frame.layout.channels) != channels:
-            raise InvalidAudio("the audio changes sample rate or channels midway")
-        for frame in resampler.resample(packet_frame):
-            yield frame.to_ndarray().reshape(-1), frame.samples
 
 
 def _check_format(rate: int, channels: int, limits: Limits) -> None:
