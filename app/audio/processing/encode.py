@@ -18,9 +18,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
+import av
 import pyebur128
 
+from . import transcode
 from .media import SILENCE_LUFS, Analysis, InvalidAudio, Limits, Loudness, analyse
 
 LOUDNESS_TOLERANCE_LU = 1.0
@@ -105,8 +106,6 @@ FORMATS = {
     # A fixed block size: from an MP3 input FFmpeg picks ~47-sample frames (10x slower, 2x bigger).
     "flac": Format("flac", "flac", "audio/flac", "flac", "flac", None, (("frame_size", "4608"),)),
 }
-# Raw float PCM at the source's rate and channels: the limited audio measured, not delivered.
-PCM = Format("pcm", "f32", "audio/L32", "pcm_f32le", "f32le")
 
 
 @dataclass
@@ -380,37 +379,22 @@ def _pcm_loudness(
     limits: Limits,
     stop: Callable[[], bool],
 ) -> float | None:
-    """Integrated loudness of the source through the gain and the limiter, read as raw float
-    PCM (the source's rate and channels) from the encoder process's output pipe (None: silent)."""
+    """Integrated loudness of the source through the gain and the limiter (the encoder's
+    filters, transcode.limited), measured in this process as media.analyse() measured the source
+    itself (None: silent). `limits` bound the source, which analyse() has already checked."""
     channels, rate = analysis.channels, analysis.sample_rate
-    command = _command(source, demuxer_name(analysis), "pipe:1", PCM, gain_db, limit_dbfs)
+    limit = min(max(10 ** (limit_dbfs / 20), 0.0625), 1.0)
     meter = pyebur128.R128State(channels, rate, pyebur128.MeasurementMode.MODE_I)
-    frame_bytes, pending = 4 * channels, b""
-    process = subprocess.Popen(
-        command,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        preexec_fn=functools.partial(_confine, limits),
-    )
-    assert process.stdout is not None  # stdout=PIPE
+    next_check = time.monotonic() + STOP_CHECK_S
     try:
-        while chunk := process.stdout.read(1 << 20):
-            if stop():
-                raise Stopped("measuring was stopped")
-            data = pending + chunk
-            usable = len(data) - len(data) % frame_bytes
-            block, pending = np.frombuffer(data[:usable], dtype=np.float32), data[usable:]
-            meter.add_frames(block, len(block) // channels)
-        process.wait(ENCODE_TIMEOUT_S)
-    except BaseException:
-        process.kill()
-        process.wait()
-        raise
-    finally:
-        process.stdout.close()
-    if process.returncode:
-        raise InvalidAudio(f"measuring the limited audio failed (exit status {process.returncode})")
+        for frame in transcode.limited(str(source), demuxer_name(analysis), gain_db, limit):
+            meter.add_frames(frame.to_ndarray().reshape(-1), frame.samples)
+            if time.monotonic() >= next_check:
+                next_check += STOP_CHECK_S
+                if stop():
+                    raise Stopped("measuring was stopped")
+    except av.FFmpegError as exc:
+        raise InvalidAudio(f"measuring the limited audio failed: {exc}") from exc
     integrated = pyebur128.get_loudness_global(meter)
     return integrated if math.isfinite(integrated) and integrated > SILENCE_LUFS else None
 

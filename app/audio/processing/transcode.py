@@ -10,9 +10,10 @@ external encoder: a crash, a limit or a kill takes down this process, never the 
         [--rate 44100] [--channels 2] [--max-channels 2]
         [--muxer mp3] [--option flags=+qscale ...] [--muxer-option movflags=+faststart ...]
 
-DEST may be `pipe:1` (e.g. raw float PCM for a loudness measurement). Failures are one line on
-stderr (FFmpeg's own reason: "File too large", "No space left on device", "Cannot allocate
-memory") and exit status 1; SIGXCPU and SIGKILL end the process as they would any encoder.
+DEST may be `pipe:1`. encode.py also imports limited() (the same filters, in its own process).
+Failures are one line on stderr (FFmpeg's own reason: "File too large", "No space left on
+device", "Cannot allocate memory") and exit status 1; SIGXCPU and SIGKILL end the process as
+they would any encoder.
 """
 
 from __future__ import annotations
@@ -88,19 +89,28 @@ def encoder_format(codec: av.Codec) -> str:
     return max(formats, key=lambda f: f.bytes).name if formats else "flt"
 
 
-def transcode(args: argparse.Namespace) -> None:
-    source = av.open(
-        args.source,
-        format=args.demuxer,
+def _open_source(path: str, demuxer: str) -> av.container.InputContainer:
+    return av.open(
+        path,
+        format=demuxer,
         options={
             "protocol_whitelist": "file",
             "format_whitelist": DEMUXER_WHITELIST,
         },
     )
+
+
+def _audio_stream(source: av.container.InputContainer) -> av.audio.stream.AudioStream:
+    stream = next((s for s in source.streams if s.type == "audio"), None)
+    if stream is None:
+        raise ValueError("the file has no audio stream")
+    return cast(av.audio.stream.AudioStream, stream)
+
+
+def transcode(args: argparse.Namespace) -> None:
+    source = _open_source(args.source, args.demuxer)
     with source:
-        stream = next((s for s in source.streams if s.type == "audio"), None)
-        if stream is None:
-            raise ValueError("the file has no audio stream")
+        stream = _audio_stream(source)
         decoder = stream.codec_context
         rate = args.rate or decoder.sample_rate
         channels = args.channels or decoder.channels
@@ -115,7 +125,16 @@ def transcode(args: argparse.Namespace) -> None:
             encoder.format = encoder_format(encoder.codec)
             encoder.time_base = Fraction(1, rate)
             encoder.open()
-            graph = _graph(stream, args, encoder, rate, layout)
+            graph = _graph(
+                stream,
+                args.gain_db,
+                args.limit,
+                args.oversample,
+                encoder.format.name,
+                rate,
+                layout,
+                encoder.frame_size,
+            )
             for frame in _filtered(source, stream, graph):
                 for packet in encoder.encode(frame):
                     packet.stream = ostream
@@ -125,12 +144,28 @@ def transcode(args: argparse.Namespace) -> None:
                 out.mux(packet)
 
 
+def limited(path: str, demuxer: str, gain_db: float, limit: float) -> Iterator[av.AudioFrame]:
+    """The source through the gain and the limiter (not oversampled) at its own rate, as packed
+    float frames: encode.py measures them in its own process, where media.analyse() has already
+    decoded the same file (a child process's start-up was half of each measurement)."""
+    source = _open_source(path, demuxer)
+    with source:
+        stream = _audio_stream(source)
+        decoder = stream.codec_context
+        layout = layout_name(decoder.channels)
+        graph = _graph(stream, gain_db, limit, 1, "flt", decoder.sample_rate, layout, None)
+        yield from _filtered(source, stream, graph)
+
+
 def _graph(
     stream: av.audio.stream.AudioStream,
-    args: argparse.Namespace,
-    encoder: av.audio.codeccontext.AudioCodecContext,
+    gain_db: float,
+    limit: float,
+    oversample: int,
+    sample_format: str,
     rate: int,
     layout: str,
+    frame_size: int | None,
 ) -> av.filter.Graph:
     decoder = stream.codec_context
     graph = av.filter.Graph()
@@ -142,21 +177,21 @@ def _graph(
         time_base=Fraction(1, decoder.sample_rate),
     )
     # The encoder's sample format, rate and layout: FFmpeg inserts the resampler it needs.
-    negotiate = f"sample_fmts={encoder.format.name}:sample_rates={rate}:channel_layouts={layout}"
-    limiter = [graph.add("alimiter", LIMITER.format(limit=args.limit))]
-    if args.oversample > 1:
+    negotiate = f"sample_fmts={sample_format}:sample_rates={rate}:channel_layouts={layout}"
+    limiter = [graph.add("alimiter", LIMITER.format(limit=limit))]
+    if oversample > 1:
         # A true-peak limiter: the output rate first (its inter-sample peaks are the ones that
         # count), then the limiter on N times as many samples, which holds the peaks between
         # the output's samples too, and back down.
         limiter = [
             graph.add("aresample", f"{rate}"),
-            graph.add("aresample", f"{rate * args.oversample}"),
+            graph.add("aresample", f"{rate * oversample}"),
             *limiter,
             graph.add("aresample", f"{rate}"),
         ]
     chain = [
         source,
-        graph.add("volume", f"volume={args.gain_db:.3f}dB"),
+        graph.add("volume", f"volume={gain_db:.3f}dB"),
         *limiter,
         graph.add("aformat", negotiate),
         graph.add("abuffersink"),
@@ -164,8 +199,8 @@ def _graph(
     for upstream, downstream in itertools.pairwise(chain):
         upstream.link_to(downstream)
     graph.configure()
-    if encoder.frame_size:  # encoders with a fixed frame size (MP3, AAC, Opus, FLAC here)
-        graph.set_audio_frame_size(encoder.frame_size)
+    if frame_size:  # encoders with a fixed frame size (MP3, AAC, Opus, FLAC here)
+        graph.set_audio_frame_size(frame_size)
     return graph
 
 
