@@ -1,6 +1,7 @@
 """Rows the database tests build on (cookiecutter-django's factories, as plain functions): users,
 jobs in a given state, and task messages waiting in the broker."""
 
+import io
 import uuid
 from pathlib import Path
 
@@ -52,3 +53,11 @@ def waiting_in_broker(queue: str, task_id: str, job_id: object = None) -> None:
     """A task message for a job, waiting in `queue` (no worker takes it)."""
     args = (str(job_id or uuid.uuid4()),)
     celery_app.send_task("audio.process_job", args, task_id=task_id, queue=queue)
+
+
+def upload(client: APIClient, path: Path, preset: str = "podcast", name: str | None = None):
+    """POST /api/jobs/ with `path` as the file (named `name`), as a browser's form sends it."""
+    with path.open("rb") as f:
+        data = io.BytesIO(f.read())
+    data.name = name or path.name
+    return client.post("/api/jobs/", {"file": data, "preset": preset}, format="multipart")

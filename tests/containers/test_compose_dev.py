@@ -5,7 +5,7 @@ import uuid
 
 import httpx
 
-from tests.containers.test_compose_stack import WORK, compose_environ, docker
+from tests.docker_engine import WORK, compose_environ, docker
 from tests.stack_env import REPO_DIR
 
 PROJECT = "coredevtest"

@@ -9,7 +9,7 @@ included: here the harness's stand-in debian:trixie-slim (130 MB; the official o
 
 import pytest
 
-from tests.containers.test_compose_stack import compose_environ, docker, require_docker_engine
+from tests.docker_engine import compose_environ, docker, require_docker_engine
 from tests.stack_env import REPO_DIR
 
 # Decimal MB. The issue asked for prod < 300 and dev < 600. Prod measured 458 (was 791): the

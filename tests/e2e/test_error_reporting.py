@@ -17,8 +17,8 @@ import pytest
 
 from health.tasks import fail
 from tests.conftest import NativeStack
-from tests.integration.test_web_server_config import start_server
 from tests.ports import free_port
+from tests.servers import start_server
 
 WORKER_START = Path("deployments/compose/django/celery/worker/start")
 

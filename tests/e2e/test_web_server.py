@@ -12,8 +12,8 @@ import httpx
 import pytest
 
 from tests.conftest import REPO_DIR, NativeStack
-from tests.integration.test_web_server_config import start_server
 from tests.ports import free_port
+from tests.servers import start_server
 
 GUNICORN_CONF = REPO_DIR / "deployments" / "compose" / "django" / "gunicorn.conf.py"
 

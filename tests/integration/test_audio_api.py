@@ -2,7 +2,6 @@
 process, with its task id). The bad-input corpus and the cross-user walk run through the real
 stack and worker in test_e2e_abuse; the upload-to-download path in test_e2e_audio."""
 
-import io
 from pathlib import Path
 
 import pytest
@@ -11,7 +10,7 @@ from rest_framework.test import APIClient
 from audio.models import Job
 from core.celery import app as celery_app
 from testing import signals
-from tests.factories import client_for
+from tests.factories import client_for, upload
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -29,13 +28,6 @@ def eager_tasks():
     celery_app.conf.update(task_always_eager=True, task_eager_propagates=True)
     yield
     celery_app.conf.update(task_always_eager=False, task_eager_propagates=False)
-
-
-def upload(client: APIClient, path: Path, preset: str = "podcast", name: str | None = None):
-    with path.open("rb") as f:
-        data = io.BytesIO(f.read())
-    data.name = name or path.name
-    return client.post("/api/jobs/", {"file": data, "preset": preset}, format="multipart")
 
 
 def test_presets_are_listed(tmp_path) -> None:

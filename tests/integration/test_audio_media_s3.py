@@ -17,8 +17,7 @@ from django.core.files.storage import default_storage
 from audio.models import Job
 from audio.services import jobs, pipeline
 from testing import signals
-from tests.factories import client_for
-from tests.integration.test_audio_api import upload
+from tests.factories import client_for, upload
 from tests.ports import free_port, wait_listening
 from tests.stack_env import REPO_DIR
 

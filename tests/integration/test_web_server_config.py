@@ -2,8 +2,6 @@
 request to its thread once, not once per middleware; an unknown WEB_SERVER is refused by name."""
 
 import asyncio
-import subprocess
-import sys
 
 import pytest
 from asgiref.sync import SyncToAsync
@@ -12,9 +10,8 @@ from django.core.handlers.asgi import ASGIHandler
 
 from core.asgi import DjangoASGIHandler
 from tests.ports import free_port
-from tests.stack_env import REPO_DIR, STACK_ENV
-
-GUNICORN_CONF = REPO_DIR / "deployments" / "compose" / "django" / "gunicorn.conf.py"
+from tests.servers import start_server
+from tests.stack_env import STACK_ENV
 
 
 def hops(handler: object, path: str, headers: list[tuple[bytes, bytes]]) -> tuple[int, int]:
@@ -64,20 +61,6 @@ def test_a_sync_view_takes_one_hop_to_its_thread_not_one_per_middleware(settings
     # response. Django's own: one per sync middleware hook besides.
     assert ours[1] <= 4 and djangos[1] >= ours[1] + 5, (ours, djangos)
     assert hops(DjangoASGIHandler(), "/healthz", [])[0] == 200  # async views: the async chain
-
-
-def start_server(env: dict[str, str]) -> subprocess.Popen[bytes]:
-    """Gunicorn as web's start runs it, with the given settings."""
-    command = [
-        sys.executable,
-        "-m",
-        "gunicorn",
-        "--config",
-        str(GUNICORN_CONF),
-        "--chdir",
-        env["APP_DIR"],
-    ]
-    return subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
 
 
 def test_an_unknown_server_is_refused_by_name() -> None:

@@ -21,7 +21,7 @@ import pytest
 
 from testing import signals
 from tests.acme import NAME
-from tests.containers.test_compose_stack import (
+from tests.docker_engine import (
     Load,
     compose_environ,
     docker,
