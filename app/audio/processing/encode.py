@@ -355,7 +355,7 @@ def _command(
     """The encoder process: the source's first audio stream through the gain and the limiter
     (at `oversample` times the output rate) into `fmt`'s encoder and muxer (transcode.py, under
     this interpreter, isolated mode)."""
-    limit = min(max(10 ** (limit_dbfs / 20), 0.0625), 1.0)
+    limit = _limiter_level(limit_dbfs)
     program = os.environ.get(ENCODER_EXE_ENV)
     runner = [program] if program else [sys.executable, "-I", str(TRANSCODER)]
     return [
@@ -371,6 +371,11 @@ def _command(
     ]
 
 
+def _limiter_level(limit_dbfs: float) -> float:
+    """The limiter's level, linear, as alimiter takes it (its range: 0.0625 to 1)."""
+    return min(max(10 ** (limit_dbfs / 20), 0.0625), 1.0)
+
+
 def _pcm_loudness(
     source: Path,
     analysis: Analysis,
@@ -383,7 +388,7 @@ def _pcm_loudness(
     filters, transcode.limited), measured in this process as media.analyse() measured the source
     itself (None: silent). `limits` bound the source, which analyse() has already checked."""
     channels, rate = analysis.channels, analysis.sample_rate
-    limit = min(max(10 ** (limit_dbfs / 20), 0.0625), 1.0)
+    limit = _limiter_level(limit_dbfs)
     meter = pyebur128.R128State(channels, rate, pyebur128.MeasurementMode.MODE_I)
     next_check = time.monotonic() + STOP_CHECK_S
     try:
