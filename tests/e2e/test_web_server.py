@@ -5,7 +5,9 @@ no work twice."""
 
 import shutil
 import subprocess
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
@@ -66,6 +68,50 @@ def test_both_server_configurations_serve_the_app(
     if thread == "ThreadPoolExecutor-":
         assert len(set(names)) == 5, names  # one thread per request
     assert database.status_code == 200 and database.json()["migrations"] > 20
+
+
+def test_workers_recycled_under_load_fail_no_request(native_stack: NativeStack) -> None:
+    """GUNICORN_MAX_REQUESTS replaces a worker that has served its share (a leak guard): the
+    worker ends after its current request and the others, then its replacement, take the queue.
+    Here each of 2 workers is replaced every 20-30 requests while 8 clients keep both busy."""
+    port = free_port()
+    env = {
+        **native_stack.env,
+        "WEB_PORT": str(port),
+        "WEB_CONCURRENCY": "2",
+        "GUNICORN_MAX_REQUESTS": "20",
+    }
+    process = start_server(env)
+    output: list[str] = []
+    reader = threading.Thread(target=lambda: output.extend(map(bytes.decode, process.stdout)))
+    reader.start()
+    headers = {"X-Forwarded-Proto": "https", "Host": "localhost"}
+
+    def requests(_: int) -> list[int]:
+        # A connection per request, as nginx opens them (sync workers do not keep connections).
+        return [
+            httpx.get(f"http://127.0.0.1:{port}/healthz", headers=headers, timeout=30).status_code
+            for _ in range(40)
+        ]
+
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                httpx.get(f"http://127.0.0.1:{port}/healthz", headers=headers, timeout=5)
+                break
+            except httpx.TransportError:
+                assert process.poll() is None and time.monotonic() < deadline, "".join(output)
+                time.sleep(0.2)
+        with ThreadPoolExecutor(8) as pool:
+            statuses = [status for batch in pool.map(requests, range(8)) for status in batch]
+    finally:
+        process.terminate()
+        process.wait(30)
+        reader.join(10)
+    log = "".join(output)
+    assert statuses == [200] * 320, {status: statuses.count(status) for status in set(statuses)}
+    assert log.count("Autorestarting worker") >= 8, log[-3000:]
 
 
 def first_stream_line(client: httpx.Client, url: str, headers: dict[str, str]) -> tuple[int, str]:
