@@ -248,10 +248,17 @@ def tag_new_image(label: str, *instructions: str) -> str:
     return inspect("core-django:prod", "{{.Id}}")
 
 
-def upstreams_of(stack: ComposeStack, marker: str) -> set[str]:
-    """The web addresses nginx sent the requests whose URI carries `marker` to (its JSON log)."""
-    lines = stack.compose("logs", "--no-color", "--no-log-prefix", "nginx").splitlines()
-    entries = [json.loads(line) for line in lines if line.startswith("{") and marker in line]
+def upstreams_of(stack: ComposeStack, marker: str, requests: int) -> set[str]:
+    """The web addresses nginx sent the `requests` requests whose URI carries `marker` to (its
+    JSON access log, which it writes at least once a second)."""
+    deadline = time.monotonic() + 10
+    while True:
+        lines = stack.compose("logs", "--no-color", "--no-log-prefix", "nginx").splitlines()
+        entries = [json.loads(line) for line in lines if line.startswith("{") and marker in line]
+        if len(entries) >= requests or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    assert len(entries) == requests, f"{len(entries)} access lines for {marker}, not {requests}"
     return {entry["upstream"].rsplit(":", 1)[0] for entry in entries}
 
 
@@ -294,7 +301,7 @@ def test_a_deploy_of_a_new_image_under_load_fails_no_request(prod_stack) -> None
     with stack.client() as client:
         for _ in range(12):
             assert client.get("/healthz?spread").status_code == 200
-    assert len(upstreams_of(stack, "/healthz?spread")) == 2
+    assert len(upstreams_of(stack, "/healthz?spread", 12)) == 2
     nginx = running(stack, "nginx")[0]
     nginx_started = inspect(nginx, "{{.State.StartedAt}}")
 
@@ -315,7 +322,7 @@ def test_a_deploy_of_a_new_image_under_load_fails_no_request(prod_stack) -> None
         assert {inspect(c, "{{.Image}}") for c in now} == {new_image}, service
     assert running(stack, "nginx") == [nginx]
     assert inspect(nginx, "{{.State.StartedAt}}") == nginx_started
-    assert upstreams_of(stack, "/healthz?after") <= addresses(running(stack, "web"))
+    assert upstreams_of(stack, "/healthz?after", 12) <= addresses(running(stack, "web"))
     stack.timings["deploy"] = {"seconds": round(deploy_s, 1), "web_replicas": 2, **load.summary()}
 
 

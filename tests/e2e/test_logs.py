@@ -3,6 +3,7 @@ worker's lines for the task the request enqueued, every line a JSON object namin
 user, task and job it belongs to."""
 
 import json
+import time
 
 import httpx
 
@@ -34,7 +35,10 @@ def test_one_upload_is_followed_by_one_id_from_nginx_to_the_worker(
     rid = response.headers["x-request-id"]
     assert len(response.headers.get_list("x-request-id")) == 1
 
-    edge = [r for r in records(native_stack, "nginx") if r["request_id"] == rid]
+    deadline = time.monotonic() + 5  # nginx writes its access log at least once a second
+    while not (edge := [r for r in records(native_stack, "nginx") if r["request_id"] == rid]):
+        assert time.monotonic() < deadline, f"no nginx access line with request id {rid}"
+        time.sleep(0.2)
     assert [(r["method"], r["uri"], r["status"]) for r in edge] == [("POST", "/api/jobs/", 202)]
     assert float(edge[0]["upstream_response_time"]) > 0
 

@@ -114,6 +114,36 @@ def test_workers_recycled_under_load_fail_no_request(native_stack: NativeStack) 
     assert log.count("Autorestarting worker") >= 8, log[-3000:]
 
 
+@pytest.mark.parametrize("setting", ["0", "1", "yes"])
+def test_web_logs_a_line_per_request_only_when_asked(
+    native_stack: NativeStack, setting: str
+) -> None:
+    """nginx's access log has the line (buffered); web repeats it only with GUNICORN_ACCESS_LOG=1,
+    and names the variable when its value is neither."""
+    port = free_port()
+    env = {**native_stack.env, "WEB_PORT": str(port), "WEB_CONCURRENCY": "1"}
+    process = start_server({**env, "GUNICORN_ACCESS_LOG": setting})
+    url = f"http://127.0.0.1:{port}/healthz?logged-{setting}"
+    headers = {"X-Forwarded-Proto": "https", "Host": "localhost"}
+    try:
+        deadline = time.monotonic() + 20
+        while process.poll() is None:
+            try:
+                assert httpx.get(url, headers=headers, timeout=5).status_code == 200
+                break
+            except httpx.TransportError:
+                assert time.monotonic() < deadline, "web did not answer within 20 s"
+                time.sleep(0.2)
+    finally:
+        process.terminate()
+        output = process.communicate(timeout=30)[0].decode()
+    if setting == "yes":
+        assert process.returncode != 0
+        assert "GUNICORN_ACCESS_LOG='yes': must be 0 or 1" in output, output
+    else:
+        assert (f"GET /healthz?logged-{setting} HTTP/1.1" in output) == (setting == "1"), output
+
+
 def first_stream_line(client: httpx.Client, url: str, headers: dict[str, str]) -> tuple[int, str]:
     with client.stream("GET", url, headers=headers, timeout=30) as response:
         if response.status_code != 200:
