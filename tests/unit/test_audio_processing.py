@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from audio.presets import PRESETS
-from audio.processing import encode, media
+from audio.processing import encode, media, transcode
 from testing import signals
 from tests import reference_meter
 from tests.stack_env import REPO_DIR
@@ -139,9 +139,9 @@ def test_limited_speech_gets_its_gain_from_raw_pcm_and_encodes_once(tmp_path) ->
     planned = encode.plan_gain(analysis.loudness, preset.target_lufs)
     limit = preset.ceiling_dbtp - 0.5
     assert analysis.loudness.true_peak_dbtp + planned > limit  # the limiter will act
-    found = encode.limited_gain(source, analysis, planned, limit, preset.target_lufs, LIMITS)
+    found = encode.limited_gain(source, analysis, planned, limit, preset.target_lufs)
     assert found > planned + 0.2, (planned, found)  # limiting cost loudness: more gain
-    after = encode._pcm_loudness(source, analysis, found, limit, LIMITS, lambda: False)
+    after = encode._pcm_loudness(transcode.decoded(str(source), "wav"), found, limit, lambda: False)
     assert abs(after - preset.target_lufs) <= encode.SETTLE_LU, after  # render's own criterion
     rendition = encode.render(
         source,
@@ -200,6 +200,41 @@ def test_streaming_speech_takes_one_encode_per_format_under_the_ceiling(tmp_path
         assert loud.true_peak_dbtp <= preset.ceiling_dbtp, (name, loud)
 
 
+@pytest.mark.parametrize("skew_db", [0, -3])
+def test_the_gain_search_measures_an_excerpt_only_where_it_stands_for_the_whole(
+    tmp_path, skew_db: float
+) -> None:
+    """On a file of several periods the search decodes a quarter of it once (2 s of every 8)
+    and measures only that: the limiter's loss it sees there, added to the whole file's own
+    loudness, gives a gain that brings the whole file to the target. Speech quieter by 3 dB
+    outside those 2 s makes the excerpt unlike the whole (its loss would mislead the search by
+    1.5 LU): then the search measures the whole file."""
+    clips = []
+    for index, text in enumerate(signals.SPEECH_TEXTS):
+        with av.open(str(signals.speech(text, tmp_path / f"s{index}.wav"))) as wav:
+            clips += [f.to_ndarray().reshape(-1, 1) for f in wav.decode(audio=0)]
+    samples = np.concatenate(clips).astype(np.float32) / 32768
+    rate = 22050
+    in_excerpt = np.arange(len(samples)) % int(encode.EXCERPT_PERIOD_S * rate) < 2 * rate
+    samples *= np.where(in_excerpt, 1.0, 10 ** (skew_db / 20)).astype(np.float32)[:, None]
+    source = signals.write(tmp_path / "speech.mp3", samples, "mp3", rate=rate)
+    analysis = media.analyse(source, LIMITS)
+    preset = PRESETS["streaming"]
+    planned = encode.plan_gain(analysis.loudness, preset.target_lufs)
+    limit = preset.ceiling_dbtp - 1.0
+    encode._search = None
+    found = encode.limited_gain(source, analysis, planned, limit, preset.target_lufs)
+    excerpt = encode._search.frames
+    if skew_db:
+        assert excerpt is None, encode._search.offset_lu  # the whole file instead
+    else:
+        share = sum(frame.samples for frame in excerpt) / analysis.samples
+        assert 0.2 <= share <= 0.3, share
+    whole = transcode.decoded(str(source), "mp3")
+    after = encode._pcm_loudness(whole, found, limit, lambda: False)
+    assert abs(after - preset.target_lufs) <= encode.SETTLE_LU, (planned, found, after)
+
+
 def test_audio_the_limiter_leaves_alone_needs_no_search(tmp_path, monkeypatch) -> None:
     source = signals.write(tmp_path / "quiet.wav", signals.tone(10, -30, 2))
     analysis = media.analyse(source, LIMITS)
@@ -209,7 +244,7 @@ def test_audio_the_limiter_leaves_alone_needs_no_search(tmp_path, monkeypatch) -
         raise AssertionError("searched although the limiter would not act")
 
     monkeypatch.setattr(encode, "_pcm_loudness", no_search)
-    assert encode.limited_gain(source, analysis, planned, -1.5, -16, LIMITS) == planned
+    assert encode.limited_gain(source, analysis, planned, -1.5, -16) == planned
 
 
 def test_silence_is_not_normalised_and_says_why(tmp_path) -> None:

@@ -14,8 +14,8 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import av
@@ -29,6 +29,13 @@ MAX_ATTEMPTS = 4
 SETTLE_LU = 0.5  # stop correcting once this close to the target (the promise is ±1 LU)
 SEARCH_LU = 0.2  # the gain search on raw PCM stops this close to the target
 SEARCH_STEPS = 3
+# The search measures an excerpt: the first EXCERPT_CHUNK_S of every EXCERPT_PERIOD_S (a quarter,
+# spread over the whole file), at most EXCERPT_MAX_S in all (longer files: a longer period); a
+# file shorter than two periods whole. Decoded once per job and kept in memory.
+EXCERPT_CHUNK_S, EXCERPT_PERIOD_S, EXCERPT_MAX_S = 2.0, 8.0, 30.0
+# ... unless its loudness (before the limiter) is this far from the whole file's: then the
+# whole file, decoded for each measure.
+EXCERPT_MAX_OFFSET_LU = 0.5
 # The limiter runs at this multiple of the output rate where it acts (a true-peak limiter: a
 # sample-peak limiter at 22.05 kHz let inter-sample peaks 1-3 dB over its level).
 OVERSAMPLE = 4
@@ -162,7 +169,7 @@ def render(
         note = "silent: nothing to normalise"
         return Rendition(fmt, dest, measured, 0.0, False, note, 1, ceiling_dbtp, 1)
     limit = ceiling_dbtp - HEADROOM_DB.get(fmt.codec, DEFAULT_HEADROOM_DB)
-    gain = limited_gain(source, analysis, gain, limit, target_lufs, limits, stop)
+    gain = limited_gain(source, analysis, gain, limit, target_lufs, stop)
     attempts: list[tuple[Path, Loudness, float, float, int]] = []
     made: list[Path] = []
     try:
@@ -195,7 +202,7 @@ def render(
             if overshoot > 0:
                 # A lower limit takes loudness away: find the gain for it on PCM again.
                 limit -= overshoot + 0.3
-                gain = limited_gain(source, analysis, gain, limit, target_lufs, limits, stop)
+                gain = limited_gain(source, analysis, gain, limit, target_lufs, stop)
             elif abs(error) > SETTLE_LU:
                 gain += error
     except BaseException:  # no attempt file outlives a failure (a limit, a bad file, a timeout)
@@ -244,7 +251,6 @@ def limited_gain(
     gain_db: float,
     limit_dbfs: float,
     target_lufs: float,
-    limits: Limits,
     stop: Callable[[], bool] = lambda: False,
 ) -> float:
     """The gain that brings the source to the target *after* the limiter.
@@ -252,25 +258,25 @@ def limited_gain(
     Where the gain lifts peaks into the limiter (speech raised by 10 dB), limiting takes loudness
     away, and each correction used to cost an encode and a measure of the rendition. Here the
     corrections are made on raw PCM out of the same filters (no codec, integrated loudness
-    only), a fraction of that cost; the encode then usually lands on the first try. Material
-    the limiter leaves alone (its true peak stays under the limit) needs no search.
+    only) on an excerpt of the source kept in memory (decoded once), a fraction of that cost;
+    the encode then usually lands on the first try, and its measure catches an excerpt that
+    misjudged the whole. Material the limiter leaves alone (its true peak stays under the limit)
+    needs no search.
     """
     if not limiting(analysis, gain_db, limit_dbfs):
         return gain_db
     # Formats with the same limit start from the same gain: search once per limit; a search at
     # another limit starts from the last one's result and slope.
-    job = (str(source), source.stat().st_mtime_ns, round(gain_db, 3), target_lufs)
-    if (found := _searched.get((*job, limit_dbfs))) is not None:
+    search = _search_for(source, analysis, gain_db, target_lufs, limit_dbfs, stop)
+    if (found := search.found.get(limit_dbfs)) is not None:
         return found
     previous: tuple[float, float] | None = None
     slope = 1.0
-    if _last_search and _last_search[0] == job:
-        _, last_limit, last_gain, slope = _last_search
+    if search.last is not None:
+        last_limit, last_gain, slope = search.last
         gain_db = last_gain + (last_limit - limit_dbfs)
-    else:
-        _searched.clear()  # one job at a time per worker process
     for _ in range(SEARCH_STEPS):
-        measured = _pcm_loudness(source, analysis, gain_db, limit_dbfs, limits, stop)
+        measured = search.loudness(gain_db, limit_dbfs, stop)
         if measured is None or abs(target_lufs - measured) <= SEARCH_LU:
             break
         # Under the limiter a dB of gain buys less than a dB of loudness: step by the slope
@@ -279,13 +285,81 @@ def limited_gain(
             slope = min(max((measured - previous[1]) / (gain_db - previous[0]), 0.2), 1.0)
         previous = (gain_db, measured)
         gain_db += (target_lufs - measured) / slope
-    _searched[(*job, limit_dbfs)] = gain_db
-    _last_search[:] = [job, limit_dbfs, gain_db, slope]
+    search.found[limit_dbfs] = gain_db
+    search.last = (limit_dbfs, gain_db, slope)
     return gain_db
 
 
-_searched: dict[tuple, float] = {}
-_last_search: list = []
+@dataclass
+class _Search:
+    """One job's gain searches (a worker process renders one job at a time): what they measure,
+    and the gain found per limiter level."""
+
+    job: tuple
+    source: Path
+    demuxer: str
+    # An excerpt of the source, in memory; None: the whole file, decoded for each measure.
+    frames: list[av.AudioFrame] | None
+    # The whole file's loudness minus the excerpt's, both before the limiter: added to the
+    # excerpt's limited loudness, it estimates the whole file's (the limiter's loss measured on
+    # the excerpt).
+    offset_lu: float = 0.0
+    found: dict[float, float] = field(default_factory=dict)
+    last: tuple[float, float, float] | None = None  # limit, gain, slope
+
+    def loudness(self, gain_db: float, limit_dbfs: float, stop: Callable[[], bool]) -> float | None:
+        frames: Iterable[av.AudioFrame] = self.frames or transcode.decoded(
+            str(self.source), self.demuxer
+        )
+        measured = _pcm_loudness(frames, gain_db, limit_dbfs, stop)
+        return None if measured is None else measured + self.offset_lu
+
+
+_search: _Search | None = None
+
+
+def _search_for(
+    source: Path,
+    analysis: Analysis,
+    gain_db: float,
+    target_lufs: float,
+    limit_dbfs: float,
+    stop: Callable[[], bool],
+) -> _Search:
+    """This job's search state: its excerpt decoded and weighed on first use."""
+    global _search
+    job = (str(source), source.stat().st_mtime_ns, round(gain_db, 3), target_lufs)
+    if _search is not None and _search.job == job:
+        return _search
+    _search = None  # one job at a time per worker process: free the last one's frames
+    demuxer, rate = demuxer_name(analysis), analysis.sample_rate
+    whole = _Search(job, source, demuxer, None)
+    if analysis.duration_s < 2 * EXCERPT_PERIOD_S or analysis.loudness.integrated_lufs is None:
+        # Short: the whole file, in memory.
+        whole.frames = _excerpt(source, demuxer, 1, 1)
+        _search = whole
+        return whole
+    period = max(EXCERPT_PERIOD_S, analysis.duration_s * EXCERPT_CHUNK_S / EXCERPT_MAX_S)
+    frames = _excerpt(source, demuxer, int(EXCERPT_CHUNK_S * rate), int(period * rate))
+    # Its loudness before the limiter: at a gain that keeps the true peak 1 dB under the
+    # limiter's level, where the limiter is idle.
+    quiet = limit_dbfs - (analysis.loudness.true_peak_dbtp or 0.0) - 1.0
+    measured = _pcm_loudness(frames, quiet, limit_dbfs, stop)
+    offset = None if measured is None else analysis.loudness.integrated_lufs - (measured - quiet)
+    # An excerpt much louder or quieter than the whole would misjudge the limiter's loss (it
+    # acts more on louder audio): then the whole file is measured instead.
+    if offset is None or abs(offset) > EXCERPT_MAX_OFFSET_LU:
+        _search = whole
+    else:
+        _search = _Search(job, source, demuxer, frames, offset)
+    return _search
+
+
+def _excerpt(source: Path, demuxer: str, chunk: int, period: int) -> list[av.AudioFrame]:
+    try:
+        return transcode.excerpt(str(source), demuxer, chunk, period)
+    except av.FFmpegError as exc:
+        raise InvalidAudio(f"decoding the audio for the gain search failed: {exc}") from exc
 
 
 def _miss(loudness: Loudness, target_lufs: float, ceiling_dbtp: float) -> tuple[float, float]:
@@ -377,22 +451,20 @@ def _limiter_level(limit_dbfs: float) -> float:
 
 
 def _pcm_loudness(
-    source: Path,
-    analysis: Analysis,
-    gain_db: float,
-    limit_dbfs: float,
-    limits: Limits,
-    stop: Callable[[], bool],
+    frames: Iterable[av.AudioFrame], gain_db: float, limit_dbfs: float, stop: Callable[[], bool]
 ) -> float | None:
-    """Integrated loudness of the source through the gain and the limiter (the encoder's
+    """Integrated loudness of decoded frames through the gain and the limiter (the encoder's
     filters, transcode.limited), measured in this process as media.analyse() measured the source
-    itself (None: silent). `limits` bound the source, which analyse() has already checked."""
-    channels, rate = analysis.channels, analysis.sample_rate
-    limit = _limiter_level(limit_dbfs)
-    meter = pyebur128.R128State(channels, rate, pyebur128.MeasurementMode.MODE_I)
+    itself (None: silent or no frames)."""
+    meter = None
     next_check = time.monotonic() + STOP_CHECK_S
     try:
-        for frame in transcode.limited(str(source), demuxer_name(analysis), gain_db, limit):
+        for frame in transcode.limited(frames, gain_db, _limiter_level(limit_dbfs)):
+            if meter is None:
+                channels = len(frame.layout.channels)
+                meter = pyebur128.R128State(
+                    channels, frame.sample_rate, pyebur128.MeasurementMode.MODE_I
+                )
             meter.add_frames(frame.to_ndarray().reshape(-1), frame.samples)
             if time.monotonic() >= next_check:
                 next_check += STOP_CHECK_S
@@ -400,7 +472,7 @@ def _pcm_loudness(
                     raise Stopped("measuring was stopped")
     except av.FFmpegError as exc:
         raise InvalidAudio(f"measuring the limited audio failed: {exc}") from exc
-    integrated = pyebur128.get_loudness_global(meter)
+    integrated = pyebur128.get_loudness_global(meter) if meter is not None else -math.inf
     return integrated if math.isfinite(integrated) and integrated > SILENCE_LUFS else None
 
 

@@ -10,7 +10,8 @@ external encoder: a crash, a limit or a kill takes down this process, never the 
         [--rate 44100] [--channels 2] [--max-channels 2]
         [--muxer mp3] [--option flags=+qscale ...] [--muxer-option movflags=+faststart ...]
 
-DEST may be `pipe:1`. encode.py also imports limited() (the same filters, in its own process).
+DEST may be `pipe:1`. encode.py also imports excerpt() and limited() (the same filters, in its own
+process).
 Failures are one line on stderr (FFmpeg's own reason: "File too large", "No space left on
 device", "Cannot allocate memory") and exit status 1; SIGXCPU and SIGKILL end the process as
 they would any encoder.
@@ -21,7 +22,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from fractions import Fraction
 from typing import cast
 
@@ -31,6 +32,8 @@ import av
 # (linear), with no output make-up gain.
 LIMITER = "limit={limit:.5f}:level=disabled:attack=5:release=50"
 DEMUXER_WHITELIST = "wav,flac,mp3,aac,mov,ogg,matroska"
+# limited()'s frames: a few large ones cost less Python than the decoder's ~1,000-sample ones.
+SEARCH_FRAME = 16384
 # av_channel_layout_default(): the layout FFmpeg assumes for N channels with no layout.
 DEFAULT_LAYOUTS = {
     1: "mono",
@@ -126,7 +129,7 @@ def transcode(args: argparse.Namespace) -> None:
             encoder.time_base = Fraction(1, rate)
             encoder.open()
             graph = _graph(
-                stream,
+                decoder,
                 args.gain_db,
                 args.limit,
                 args.oversample,
@@ -135,7 +138,7 @@ def transcode(args: argparse.Namespace) -> None:
                 layout,
                 encoder.frame_size,
             )
-            for frame in _filtered(source, stream, graph):
+            for frame in _filtered(source.decode(stream), graph):
                 for packet in encoder.encode(frame):
                     packet.stream = ostream
                     out.mux(packet)
@@ -144,21 +147,42 @@ def transcode(args: argparse.Namespace) -> None:
                 out.mux(packet)
 
 
-def limited(path: str, demuxer: str, gain_db: float, limit: float) -> Iterator[av.AudioFrame]:
-    """The source through the gain and the limiter (not oversampled) at its own rate, as packed
-    float frames: encode.py measures them in its own process, where media.analyse() has already
-    decoded the same file (a child process's start-up was half of each measurement)."""
+def decoded(path: str, demuxer: str) -> Iterator[av.AudioFrame]:
+    """The source's first audio stream, decoded frame by frame."""
     source = _open_source(path, demuxer)
     with source:
-        stream = _audio_stream(source)
-        decoder = stream.codec_context
-        layout = layout_name(decoder.channels)
-        graph = _graph(stream, gain_db, limit, 1, "flt", decoder.sample_rate, layout, None)
-        yield from _filtered(source, stream, graph)
+        yield from source.decode(_audio_stream(source))
+
+
+def excerpt(path: str, demuxer: str, chunk: int, period: int) -> list[av.AudioFrame]:
+    """The decoded frames that start within the first `chunk` samples of every `period` (a
+    sample spread over the whole file), kept in memory for limited()."""
+    kept, start = [], 0
+    for frame in decoded(path, demuxer):
+        if start % period < chunk:
+            kept.append(frame)
+        start += frame.samples
+    return kept
+
+
+def limited(
+    frames: Iterable[av.AudioFrame], gain_db: float, limit: float
+) -> Iterator[av.AudioFrame]:
+    """Decoded frames (excerpt()'s or decoded()'s) through the gain and the limiter (not
+    oversampled) at their own rate, as packed float frames of SEARCH_FRAME samples: encode.py
+    measures them in its own process, where media.analyse() has already decoded the same file
+    (a child process's start-up was half of each measurement)."""
+    frames = iter(frames)
+    first = next(frames, None)
+    if first is None:
+        return
+    rate, layout = first.sample_rate, layout_name(len(first.layout.channels))
+    graph = _graph(first, gain_db, limit, 1, "flt", rate, layout, SEARCH_FRAME)
+    yield from _filtered(itertools.chain([first], frames), graph)
 
 
 def _graph(
-    stream: av.audio.stream.AudioStream,
+    source_format: av.AudioFrame | av.audio.codeccontext.AudioCodecContext,
     gain_db: float,
     limit: float,
     oversample: int,
@@ -167,14 +191,13 @@ def _graph(
     layout: str,
     frame_size: int | None,
 ) -> av.filter.Graph:
-    decoder = stream.codec_context
     graph = av.filter.Graph()
     graph.threads = 1  # audio filters here do not thread; one thread keeps the memory bound
     source = graph.add_abuffer(
-        sample_rate=decoder.sample_rate,
-        format=decoder.format.name,
-        layout=decoder.layout.name,
-        time_base=Fraction(1, decoder.sample_rate),
+        sample_rate=source_format.sample_rate,
+        format=source_format.format.name,
+        layout=source_format.layout.name,
+        time_base=Fraction(1, source_format.sample_rate),
     )
     # The encoder's sample format, rate and layout: FFmpeg inserts the resampler it needs.
     negotiate = f"sample_fmts={sample_format}:sample_rates={rate}:channel_layouts={layout}"
@@ -204,14 +227,9 @@ def _graph(
     return graph
 
 
-def _filtered(
-    source: av.container.InputContainer,
-    stream: av.audio.stream.AudioStream,
-    graph: av.filter.Graph,
-) -> Iterator[av.AudioFrame]:
-    """The source's frames through the graph, timestamped by sample count (in and out)."""
+def _filtered(frames: Iterator[av.AudioFrame], graph: av.filter.Graph) -> Iterator[av.AudioFrame]:
+    """The frames through the graph, timestamped by sample count (in and out)."""
     pushed = pulled = 0
-    frames = source.decode(stream)
     while True:
         frame = next(frames, None)
         if frame is not None:
