@@ -239,13 +239,19 @@ def test_a_job_end_to_end_across_replicas(swarm: Swarm, tmp_path) -> None:
         for rendition in job["renditions"]:
             download = client.get(rendition["download_url"], headers=auth)
             assert download.status_code == 200 and len(download.content) > 1000, rendition
-    # nginx spread this user's API requests over both web replicas.
-    logs = docker("service", "logs", "--raw", f"{STACK}_nginx").splitlines()
-    upstreams = {
-        json.loads(line)["upstream"]
-        for line in logs
-        if line.startswith("{") and f"/api/jobs/{job['id']}/" in line
-    }
+    # nginx spread this user's API requests over both web replicas (its access log is written
+    # at least once a second).
+    deadline = time.monotonic() + 10
+    while True:
+        logs = docker("service", "logs", "--raw", f"{STACK}_nginx").splitlines()
+        upstreams = {
+            json.loads(line)["upstream"]
+            for line in logs
+            if line.startswith("{") and f"/api/jobs/{job['id']}/" in line
+        }
+        if len(upstreams) >= 2 or time.monotonic() > deadline:
+            break
+        time.sleep(1)
     assert len(upstreams) == 2, upstreams
 
 
