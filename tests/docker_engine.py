@@ -5,7 +5,6 @@ import secrets
 import shutil
 import ssl
 import subprocess
-import threading
 import time
 from pathlib import Path
 
@@ -13,6 +12,7 @@ import httpx
 import pytest
 
 from tests.acme import NAME
+from tests.load import ClientThreads
 from tests.stack_env import ORIGINAL_ENVIRON, REPO_DIR
 
 HTTP_PORT, HTTPS_PORT = 18080, 18443
@@ -85,7 +85,7 @@ def write_env_file(name: str = "prod.env", **overrides: str) -> tuple[Path, dict
     return path, values
 
 
-class Load:
+class Load(ClientThreads):
     """Requests through nginx over TLS from a few threads until stopped: a page view (302 to the
     login), the API without credentials (401) and /healthz (not /readyz, which answers 503 when
     a dependency is slower than its 2 s deadline, as on this loaded 2-core host now and then).
@@ -94,13 +94,12 @@ class Load:
     PATHS = (("/healthz", 200), ("/", 302), ("/api/jobs/", 401))
 
     def __init__(self, base_url: str, context: ssl.SSLContext, threads: int = 4) -> None:
+        super().__init__(threads)
         self.base_url = base_url
         self.context = context
         self.count = 0
         self.latencies: list[float] = []
         self.failures: list[str] = []
-        self._stop = threading.Event()
-        self._threads = [threading.Thread(target=self._run) for _ in range(threads)]
 
     def _run(self) -> None:
         with httpx.Client(base_url=self.base_url, verify=self.context, timeout=30) as client:
@@ -115,16 +114,6 @@ class Load:
                         self.failures.append(f"{path}: {exc!r}")
                     self.latencies.append(time.monotonic() - started)
                     self.count += 1
-
-    def __enter__(self) -> "Load":
-        for thread in self._threads:
-            thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        for thread in self._threads:
-            thread.join()
 
     def summary(self) -> dict[str, float]:
         ordered = sorted(self.latencies)

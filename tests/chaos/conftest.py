@@ -8,7 +8,6 @@ import re
 import signal
 import statistics
 import subprocess
-import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -21,6 +20,7 @@ import pytest
 
 import programs
 from tests.conftest import Account, NativeStack
+from tests.load import ClientThreads
 from tests.stack_env import TEST_STACK
 
 FINISHED = {"done", "failed", "canceled"}
@@ -145,7 +145,7 @@ class RunEvent:
         return match[1] if match else None
 
 
-class Load:
+class Load(ClientThreads):
     """A bounded closed-loop load: `threads` clients, each sending GET `path` back to back
     (keep-alive, like browsers), recording when each request started, its status and latency."""
 
@@ -157,11 +157,11 @@ class Load:
         threads: int = 8,
         timeout: float = 60,
     ) -> None:
+        super().__init__(threads)
         self.stack, self.path, self.headers, self.timeout = stack, path, headers, timeout
+        self.join_timeout = timeout + 5
         self.results: list[tuple[float, int | str, float]] = []
         self.crashed: list[BaseException] = []
-        self._stop = threading.Event()
-        self._threads = [threading.Thread(target=self._run) for _ in range(threads)]
 
     def _run(self) -> None:
         try:
@@ -183,15 +183,8 @@ class Load:
             self.results.append((started, status, time.monotonic() - started))
         client.close()
 
-    def __enter__(self) -> "Load":
-        for thread in self._threads:
-            thread.start()
-        return self
-
     def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        for thread in self._threads:
-            thread.join(self.timeout + 5)
+        super().__exit__(*exc)
         assert not self.crashed, f"the load generator broke: {self.crashed[0]!r}"
         assert self.results, "the load generator sent nothing"
 

@@ -335,7 +335,7 @@ def _search_for(
     demuxer, rate = demuxer_name(analysis), analysis.sample_rate
     whole = _Search(job, source, demuxer, None)
     if analysis.duration_s < 2 * EXCERPT_PERIOD_S or analysis.loudness.integrated_lufs is None:
-        # Short: the whole file, in memory.
+        # Short: the whole file, in memory (every frame starts within the first sample of 1).
         whole.frames = _excerpt(source, demuxer, 1, 1)
         _search = whole
         return whole

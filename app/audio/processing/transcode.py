@@ -10,11 +10,10 @@ external encoder: a crash, a limit or a kill takes down this process, never the 
         [--rate 44100] [--channels 2] [--max-channels 2]
         [--muxer mp3] [--option flags=+qscale ...] [--muxer-option movflags=+faststart ...]
 
-DEST may be `pipe:1`. encode.py also imports excerpt() and limited() (the same filters, in its own
-process).
-Failures are one line on stderr (FFmpeg's own reason: "File too large", "No space left on
-device", "Cannot allocate memory") and exit status 1; SIGXCPU and SIGKILL end the process as
-they would any encoder.
+DEST may be `pipe:1`. encode.py also imports decoded(), excerpt() and limited() (the same filters,
+in its own process). Failures are one line on stderr (FFmpeg's own reason: "File too large",
+"No space left on device", "Cannot allocate memory") and exit status 1; SIGXCPU and SIGKILL end
+the process as they would any encoder.
 """
 
 from __future__ import annotations
@@ -222,7 +221,7 @@ def _graph(
     for upstream, downstream in itertools.pairwise(chain):
         upstream.link_to(downstream)
     graph.configure()
-    if frame_size:  # encoders with a fixed frame size (MP3, AAC, Opus, FLAC here)
+    if frame_size:  # an encoder's fixed frame size (MP3, AAC, Opus, FLAC here), or limited()'s
         graph.set_audio_frame_size(frame_size)
     return graph
 
